@@ -1,0 +1,57 @@
+"""absl flags shared by the experiment scripts: every `ferjax.configs.Config` field is a flag."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+from absl import flags
+
+from ferjax.configs import Config
+
+
+def _field_help(name: str) -> str:
+    for line in inspect.getsource(Config).splitlines():
+        stripped = line.strip()
+        if stripped.startswith(f"{name}:") and "#" in stripped:
+            return stripped.split("#", 1)[1].strip()
+    return name
+
+
+def define_config_flags() -> None:
+    """Defines --<field> for every Config field, with the field's default and comment as help."""
+    for field in dataclasses.fields(Config):
+        help_text = _field_help(field.name)
+        kind = field.type  # a string: configs.py uses postponed annotations
+        if field.name == "widths":
+            flags.DEFINE_list(field.name, None, help_text)
+        elif kind == "bool":
+            flags.DEFINE_bool(field.name, field.default, help_text)
+        elif kind in ("int", "Optional[int]"):
+            flags.DEFINE_integer(field.name, field.default, help_text)
+        elif kind in ("float", "Optional[float]"):
+            flags.DEFINE_float(field.name, field.default, help_text)
+        else:
+            flags.DEFINE_string(field.name, field.default, help_text)
+
+
+def config_from_flags(flag_values=flags.FLAGS) -> Config:
+    """A Config from the parsed flags (validated by the caller)."""
+    values = {}
+    for field in dataclasses.fields(Config):
+        value = flag_values[field.name].value
+        if field.name == "widths" and value is not None:
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise flags.ValidationError(f"--widths={','.join(value)}: expected integers") from None
+        values[field.name] = value
+    return Config(**values)
+
+
+def quiet_libraries() -> None:
+    """Keeps the console to ferjax's progress: libraries logging through absl (orbax) only warn."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("ferjax").setLevel(logging.INFO)

@@ -1,0 +1,44 @@
+"""Train a model on FER2013: python -m experiments.train --model=stn [--workdir=runs/stn] [flags].
+
+Every field of ferjax.configs.Config is a flag (see --helpfull); --flagfile=FILE reads them
+from a file (recipes in experiments/recipes/).
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from experiments.flags import config_from_flags, define_config_flags, quiet_libraries
+from ferjax import checkpoint, data, loop
+from ferjax.configs import ConfigError
+
+define_config_flags()
+flags.DEFINE_string("data_dir", None, f"FER2013 folder or CSV (default: ${data.DATA_DIR_ENV}, else data/fer2013)")
+flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard events and metrics go (default: runs/<model>)")
+flags.DEFINE_bool("resume", False, "continue from the latest checkpoint in --workdir")
+flags.DEFINE_integer("log_every_steps", 50, "console and TensorBoard logging interval, in steps")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_libraries()
+    try:
+        config = config_from_flags().validate()
+        workdir = FLAGS.workdir or f"runs/{config.model}"
+        loop.train_and_evaluate(config, workdir, data_dir=FLAGS.data_dir, resume=FLAGS.resume,
+                                command=" ".join(["python -m experiments.train"] + sys.argv[1:]),
+                                log_every_steps=FLAGS.log_every_steps)
+    except (ConfigError, data.DataError, checkpoint.CheckpointError, loop.TrainingError, flags.ValidationError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to continue from the last epoch's checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

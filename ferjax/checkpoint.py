@@ -1,0 +1,95 @@
+"""orbax checkpoints of a run: the full train state plus the JSON needed to rebuild it.
+
+A workdir holds ``checkpoints/latest`` (for --resume) and ``checkpoints/best`` (best validation
+accuracy). Each checkpoint step stores ``state`` (params, batch-norm statistics, optimizer state,
+the training mean face and class weights) and ``meta`` (model name and config, class names,
+HOG vector length, commit, command and epoch), so `load` rebuilds model and preprocessing alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ferjax import data, models, train
+from ferjax.configs import Config, ConfigError
+
+
+class CheckpointError(Exception):
+    """A missing or unreadable checkpoint; the message names the path."""
+
+
+def manager(directory: str, *, best: bool = False) -> ocp.CheckpointManager:
+    """A manager that keeps one checkpoint: the latest, or (best=True) the best by val accuracy."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        best_fn=(lambda metrics: metrics["val_accuracy"]) if best else None,
+        best_mode="max",
+        create=True,
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: train.TrainState, meta: dict,
+         metrics: dict | None = None) -> None:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+              metrics=metrics)
+    mngr.wait_until_finished()
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def abstract_state(meta: dict, steps_per_epoch: int = 1) -> train.TrainState:
+    """The shapes of a checkpoint's state, built from its meta without running anything."""
+    config = Config.from_dict(meta["config"])
+    model = models.create(config.model, **config.model_kwargs())
+    size = meta.get("image_size", data.IMAGE_SIZE)
+
+    def build():
+        return train.create_train_state(jax.random.key(0), model, config, mean_image=np.zeros((size, size)),
+                                        steps_per_epoch=steps_per_epoch, hog_dim=meta.get("hog_dim"))
+
+    return jax.eval_shape(build)
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, target: train.TrainState) -> train.TrainState:
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    return restored
+
+
+def _find_manager(path: str) -> tuple[ocp.CheckpointManager, int]:
+    """A workdir (prefers checkpoints/best), a checkpoints/{best,latest} folder, or one step folder."""
+    path = os.path.abspath(path)
+    candidates = [os.path.join(path, "checkpoints", "best"), os.path.join(path, "checkpoints", "latest"), path]
+    for directory in candidates:
+        if os.path.isdir(directory):
+            mngr = ocp.CheckpointManager(directory)
+            if mngr.latest_step() is not None:
+                return mngr, mngr.latest_step()
+    parent, name = os.path.split(path)
+    if name.isdigit() and os.path.isdir(parent):
+        return ocp.CheckpointManager(parent), int(name)
+    raise CheckpointError(f"{path}: no checkpoint found (expected a workdir, its checkpoints/best or a step folder)")
+
+
+def load(path: str) -> tuple[train.TrainState, dict]:
+    """Loads a state and its meta from a workdir or checkpoint folder.
+
+    Raises:
+      CheckpointError: nothing there, or it cannot be read.
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint or workdir")
+    mngr, step = _find_manager(path)
+    try:
+        meta = read_meta(mngr, step)
+        state = restore_state(mngr, step, abstract_state(meta))
+    except (ConfigError, ValueError, KeyError, OSError, FileNotFoundError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return state, meta

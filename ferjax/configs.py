@@ -1,0 +1,134 @@
+"""Training configuration: one frozen dataclass, one comment per field.
+
+`Config` is what `experiments.train` flags set, what checkpoints store (as JSON) and what
+`create_train_state` / `train_step` read. `get_config(model)` gives the defaults for a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Optional
+
+from ferjax import models
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
+CLASS_WEIGHTINGS = ("none", "balanced")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Model.
+    model: str = "stn"  # a name from ferjax.models
+    dropout: Optional[float] = None  # dropout rate; None keeps the model's default
+    warp_at: str = "input"  # stn only: warp the 'input' image or the last conv 'features'
+    widths: Optional[tuple[int, ...]] = None  # CNN families: channels per stage; None keeps the default
+    # Input pipeline.
+    standardize: bool = False  # per-image standardisation after training-mean subtraction
+    flip: bool = True  # random horizontal flip (the paper's augmentation)
+    shift: int = 0  # random shift by up to this many pixels
+    rotate: float = 0.0  # random rotation by up to this many degrees
+    scale: float = 0.0  # random zoom in [1 - scale, 1 + scale]
+    erase: float = 0.0  # random-erasing probability
+    hog_orientations: int = 9  # HOG model: orientation bins
+    hog_pixels_per_cell: int = 8  # HOG model: cell size in pixels
+    hog_cells_per_block: int = 2  # HOG model: block size in cells
+    limit_train: Optional[int] = None  # use a stratified subset of this many training faces
+    limit_eval: Optional[int] = None  # use stratified subsets of this many val / test faces
+    # Optimisation.
+    epochs: int = 30  # passes over the training split
+    batch_size: int = 64  # training batch size
+    eval_batch_size: int = 500  # evaluation batch size
+    optimizer: str = "adam"  # adam, adamw or sgd (Nesterov momentum)
+    learning_rate: float = 1e-3  # peak learning rate
+    momentum: float = 0.9  # sgd momentum
+    schedule: str = "constant"  # constant, cosine (with warm-up), onecycle or plateau
+    warmup_epochs: float = 0.0  # linear warm-up for the cosine schedule
+    plateau_patience: int = 3  # plateau: epochs without improvement of the training loss before decay
+    plateau_factor: float = 0.5  # plateau: learning-rate decay factor
+    l2: float = 1e-4  # coefficient of the L2 term 0.5 * sum(w^2) over conv / dense kernels (the paper's loss)
+    weight_decay: float = 0.0  # decoupled weight decay on kernels (adamw, sgd)
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy targets
+    class_weighting: str = "none"  # 'balanced' weights each class by N / (7 * count) in the loss
+    grad_clip: float = 0.0  # clip gradients to this global norm (0: off)
+    seed: int = 0  # root PRNG seed: init, shuffling, dropout and augmentation all derive from it
+
+    def model_kwargs(self) -> dict:
+        """Fields of the model constructor that this config overrides."""
+        kwargs = {}
+        if self.dropout is not None:
+            kwargs["dropout"] = self.dropout
+        if self.model == "stn":
+            kwargs["warp_at"] = self.warp_at
+        if self.widths is not None:
+            kwargs["widths"] = tuple(self.widths)
+        return kwargs
+
+    def validate(self) -> "Config":
+        """Checks every field; returns self.
+
+        Raises:
+          ConfigError: naming the first bad flag.
+        """
+        def check(ok, flag, why):
+            if not ok:
+                raise ConfigError(f"--{flag}={getattr(self, flag)!r}: {why}")
+
+        check(self.model in models.MODELS, "model", f"unknown model; choose one of {', '.join(models.names())}")
+        check(self.dropout is None or 0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        check(self.warp_at in ("input", "features"), "warp_at", "must be 'input' or 'features'")
+        check(self.widths is None or (len(self.widths) > 0 and min(self.widths) > 0), "widths", "must be positive")
+        check(self.shift >= 0, "shift", "must be >= 0")
+        check(0 <= self.rotate <= 180, "rotate", "must be in [0, 180]")
+        check(0 <= self.scale < 1, "scale", "must be in [0, 1)")
+        check(0 <= self.erase <= 1, "erase", "must be a probability")
+        for flag in ("hog_orientations", "hog_pixels_per_cell", "hog_cells_per_block", "epochs", "batch_size",
+                     "eval_batch_size"):
+            check(getattr(self, flag) > 0, flag, "must be positive")
+        for flag in ("limit_train", "limit_eval"):
+            check(getattr(self, flag) is None or getattr(self, flag) > 0, flag, "must be positive")
+        check(self.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
+        check(self.learning_rate > 0, "learning_rate", "must be positive")
+        check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        check(self.schedule in SCHEDULES, "schedule", f"choose one of {', '.join(SCHEDULES)}")
+        check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "must be in [0, epochs)")
+        check(self.plateau_patience > 0, "plateau_patience", "must be positive")
+        check(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
+        for flag in ("l2", "weight_decay", "grad_clip"):
+            check(getattr(self, flag) >= 0, flag, "must be >= 0")
+        check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        check(self.class_weighting in CLASS_WEIGHTINGS, "class_weighting", f"choose one of {', '.join(CLASS_WEIGHTINGS)}")
+        try:
+            models.create(self.model, **self.model_kwargs())
+        except ValueError as e:
+            raise ConfigError(f"--model={self.model}: {e}") from None
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(fields) - known
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        if fields.get("widths") is not None:
+            fields = {**fields, "widths": tuple(fields["widths"])}
+        return cls(**fields)
+
+
+def get_config(model: str = "stn", **overrides) -> Config:
+    """The default config (the paper's recipe: Adam, cross-entropy + L2, flip) for `model`, validated."""
+    return Config(**{"model": model, **overrides}).validate()
+
+
+def tiny_config(**overrides) -> Config:
+    """A config small enough for unit tests."""
+    fields = {"model": "_tiny_cnn", "epochs": 1, "batch_size": 16, "eval_batch_size": 32}
+    return Config(**{**fields, **overrides}).validate()

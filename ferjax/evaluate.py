@@ -1,0 +1,73 @@
+"""Classification metrics from confusion matrices, and evaluation of a state on a split.
+
+Test-time augmentation (flip, ten-crop) and ensembles average class probabilities.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ferjax import data, train
+
+TTA_MODES = ("none", "flip", "tencrop")
+
+
+def metrics_from_confusion(confusion_KxK: np.ndarray) -> dict:
+    """Accuracy, per-class accuracy (recall), macro-F1 from a confusion matrix (rows: truth, columns: prediction)."""
+    confusion = np.asarray(confusion_KxK, np.float64)
+    true_per_class = confusion.sum(1)
+    predicted_per_class = confusion.sum(0)
+    hits = np.diag(confusion)
+    recall = np.divide(hits, true_per_class, out=np.zeros_like(hits), where=true_per_class > 0)
+    precision = np.divide(hits, predicted_per_class, out=np.zeros_like(hits), where=predicted_per_class > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(hits), where=denom > 0)
+    return {
+        "accuracy": float(hits.sum() / max(confusion.sum(), 1)),
+        "per_class_accuracy": {name: float(r) for name, r in zip(data.CLASS_NAMES, recall)},
+        "macro_f1": float(f1.mean()),
+        "count": int(confusion.sum()),
+        "confusion_matrix": confusion.astype(int).tolist(),
+    }
+
+
+def _crops(images_BxHxW: jax.Array, size: int) -> list[jax.Array]:
+    """Ten-crop: four corners and centre of `size`, and their mirrors, each resized back to full size."""
+    _, height, width = images_BxHxW.shape
+    offsets = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
+               ((height - size) // 2, (width - size) // 2)]
+    crops = [images_BxHxW[:, y:y + size, x:x + size] for y, x in offsets]
+    crops += [c[:, :, ::-1] for c in crops]
+    return [jax.image.resize(c, (c.shape[0], height, width), "linear") for c in crops]
+
+
+@functools.partial(jax.jit, static_argnames=("tta", "standardize"))
+def predict_probs(state: train.TrainState, batch: dict, tta: str = "none", standardize: bool = False) -> jax.Array:
+    """Class probabilities of a batch, averaged over the test-time augmentations."""
+    if tta == "tencrop":
+        views = _crops(batch["image"].astype(jnp.float32), round(batch["image"].shape[1] * 40 / 48))
+        probs = [jax.nn.softmax(train.predict_logits(state, {**batch, "image": v}, standardize=standardize))
+                 for v in views]
+        return jnp.mean(jnp.stack(probs), 0)
+    probs = jax.nn.softmax(train.predict_logits(state, batch, standardize=standardize))
+    if tta == "flip":
+        flipped = jax.nn.softmax(train.predict_logits(state, batch, standardize=standardize, flip=True))
+        probs = (probs + flipped) / 2
+    return probs
+
+
+def evaluate(states: Sequence[train.TrainState], split: data.Split, batch_size: int, *, tta: str = "none",
+             standardize: bool = False, extra: dict[str, np.ndarray] | None = None) -> dict:
+    """Metrics of one model, or an ensemble (averaged probabilities), on every sample of `split` once."""
+    confusion = np.zeros((data.NUM_CLASSES, data.NUM_CLASSES), np.int64)
+    for batch in data.batches(split, batch_size, extra=extra):
+        probs = sum(predict_probs(s, batch, tta=tta, standardize=standardize) for s in states) / len(states)
+        predicted = np.asarray(jnp.argmax(probs, -1))
+        real = batch["mask"] > 0
+        np.add.at(confusion, (batch["label"][real], predicted[real]), 1)
+    return metrics_from_confusion(confusion)

@@ -1,0 +1,284 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Per epoch: shuffled batches through the jitted `train_step`, progress on the console,
+TensorBoard scalars and images, validation, the latest and best checkpoints. At the end,
+the best checkpoint is evaluated on val and test, and metrics.json, history.csv and PNGs
+are written to the workdir. `resume=True` continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from ferjax import checkpoint, data, evaluate, features, models, plots, preprocess, train
+from ferjax.configs import Config, ConfigError
+from ferjax.summary import SummaryWriter
+
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. a non-finite loss); the message says where the last good checkpoint is."""
+
+
+def git_commit() -> str:
+    """The commit of the ferjax source tree, with '+dirty' for uncommitted changes; 'unknown' outside git."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def device_description() -> str:
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} ({jax.device_count()} JAX device)"
+    return f"{jax.device_count()}x {device.device_kind}"
+
+
+@dataclasses.dataclass
+class Inputs:
+    """The data a run trains and evaluates on, with per-sample extras (HOG) per split."""
+
+    train: data.Split
+    val: data.Split
+    test: data.Split
+    extras: dict[str, dict[str, np.ndarray]]
+    hog_dim: int | None
+
+
+def prepare_inputs(config: Config, dataset: data.FER2013, needs_hog: bool) -> Inputs:
+    """Applies --limit_train / --limit_eval and computes HOG features where the model needs them."""
+    splits = {
+        "train": data.stratified_subset(dataset.train, config.limit_train, config.seed),
+        "val": data.stratified_subset(dataset.val, config.limit_eval, config.seed),
+        "test": data.stratified_subset(dataset.test, config.limit_eval, config.seed),
+    }
+    if config.batch_size > len(splits["train"]):
+        raise ConfigError(f"--batch_size={config.batch_size}: larger than the {len(splits['train'])} training faces")
+    extras, hog_dim = {name: {} for name in splits}, None
+    if needs_hog:
+        hog_params = (config.hog_orientations, config.hog_pixels_per_cell, config.hog_cells_per_block)
+        extras = {name: features.cached_hog_pair(split.images, *hog_params) for name, split in splits.items()}
+        hog_dim = extras["train"]["hog"].shape[1]
+    return Inputs(**splits, extras=extras, hog_dim=hog_dim)
+
+
+def _read_history(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _write_history(path: str, history: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _evaluate_totals(eval_fn, state, split, batch_size, extra) -> dict:
+    totals = None
+    for batch in data.batches(split, batch_size, extra=extra):
+        sums = eval_fn(state, batch)
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    totals = jax.device_get(totals)
+    return {"loss": float(totals["loss_sum"] / totals["count"]), "accuracy": float(totals["correct"] / totals["count"]),
+            "confusion": totals["confusion"]}
+
+
+def _log_images(writer: SummaryWriter, state, batch, config: Config, step: int) -> None:
+    """A grid of augmented training inputs and, for attention models, the warped faces."""
+    faces, _ = preprocess.augment(jax.random.key(step), batch["image"][:32].astype(np.float32),
+                                  train._augment_config(config))
+    writer.image("train/augmented_inputs", plots.image_grid(np.asarray(faces)), step)
+    (_, aux) = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                              train.model_inputs(state, batch["image"][:16], config.standardize), train=False,
+                              **({"hog": batch["hog"][:16]} if "hog" in batch else {}))
+    if "warped" in aux and aux["warped"].shape[1:3] == batch["image"].shape[1:3]:
+        pairs = np.concatenate([np.asarray(batch["image"][:16], np.float32), np.asarray(aux["warped"][..., 0])])
+        writer.image("stn/input_and_warped", plots.image_grid(pairs), step)
+
+
+def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | None = None,
+                       data_dir: str | None = None, resume: bool = False, command: str | None = None,
+                       log_every_steps: int = 50) -> dict:
+    """Trains `config` in `workdir` and returns the final metrics (also written to metrics.json).
+
+    Raises:
+      ConfigError: a bad value, e.g. a batch larger than the training set.
+      DataError: missing or bad data.
+      TrainingError: a non-finite loss; the last good checkpoint is kept.
+    """
+    config.validate()
+    start_time = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    model = models.create(config.model, **config.model_kwargs())
+    dataset = dataset or data.load(data_dir)
+    inputs = prepare_inputs(config, dataset, model.needs_hog)
+    steps_per_epoch = data.num_batches(len(inputs.train), config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+
+    init_key, loop_key = jax.random.split(jax.random.key(config.seed))
+    mean_image = preprocess.training_mean(inputs.train.images)
+    state = train.create_train_state(
+        init_key, model, config, mean_image=mean_image, steps_per_epoch=steps_per_epoch,
+        weights=train.class_weights(inputs.train.labels, config.class_weighting), hog_dim=inputs.hog_dim)
+    meta = {
+        "config": dataclasses.asdict(config),
+        "class_names": list(data.CLASS_NAMES),
+        "image_size": data.IMAGE_SIZE,
+        "hog_dim": inputs.hog_dim,
+        "commit": git_commit(),
+        "command": command or " ".join(sys.argv),
+    }
+
+    latest = checkpoint.manager(os.path.join(workdir, "checkpoints", "latest"))
+    best = checkpoint.manager(os.path.join(workdir, "checkpoints", "best"), best=True)
+    history_path = os.path.join(workdir, "history.csv")
+    history = []
+    if resume and latest.latest_step() is not None:
+        state = checkpoint.restore_state(latest, latest.latest_step(), state)
+        history = [h for h in _read_history(history_path) if h["step"] <= int(state.step)]
+        log.info("resumed from %s at step %d", latest.directory, int(state.step))
+    elif latest.latest_step() is not None:
+        raise ConfigError(f"--workdir={workdir}: holds checkpoints already; pass --resume or choose a new workdir")
+
+    train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize))
+    writer = SummaryWriter(workdir)
+    if int(state.step) == 0:
+        writer.text("config", "\n".join(f"    {k} = {v}" for k, v in dataclasses.asdict(config).items()), 0)
+
+    best_val = max([h["val_accuracy"] for h in history], default=-1.0)
+    first_epoch = int(state.step) // steps_per_epoch
+    steps_done_here, clock = 0, time.time()
+    log.info("%s: %d params, %d train / %d val / %d test faces, %d steps per epoch, on %s",
+                 config.model, sum(p.size for p in jax.tree.leaves(state.params)), len(inputs.train),
+                 len(inputs.val), len(inputs.test), steps_per_epoch, device_description())
+    for epoch in range(first_epoch, config.epochs):
+        epoch_start = time.time()
+        sums, seen = {"loss": 0.0, "accuracy": 0.0}, 0
+        last_log, last_log_step = time.time(), int(state.step)
+        batches = data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, epoch),
+                               extra=inputs.extras["train"])
+        for batch in batches:
+            step = int(state.step)
+            if step == 0:
+                _log_images(writer, state, batch, config, step)
+            state, metrics = train_fn(state, batch, jax.random.fold_in(loop_key, step))
+            steps_done_here += 1
+            if (step + 1) % log_every_steps == 0 or (step + 1) % steps_per_epoch == 0:
+                metrics = jax.device_get(metrics)
+                if not np.isfinite(metrics["loss"]):
+                    raise TrainingError(
+                        f"non-finite loss at step {step + 1} (epoch {epoch + 1}); the last good checkpoint is in "
+                        f"{latest.directory}. Lower --learning_rate or set --grad_clip.")
+                now = time.time()
+                images_per_s = (step + 1 - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
+                eta = (total_steps - step - 1) * (now - clock) / steps_done_here
+                log.info("epoch %d/%d step %d/%d loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s",
+                             epoch + 1, config.epochs, step + 1, total_steps, metrics["loss"], metrics["accuracy"],
+                             metrics["learning_rate"], images_per_s, _format_eta(eta))
+                writer.scalars({"train/loss": metrics["loss"], "train/accuracy": metrics["accuracy"],
+                                "train/learning_rate": metrics["learning_rate"], "train/img_per_s": images_per_s},
+                               step + 1)
+                sums["loss"] += metrics["loss"]
+                sums["accuracy"] += metrics["accuracy"]
+                seen += 1
+                last_log, last_log_step = now, step + 1
+
+        step = int(state.step)
+        val = _evaluate_totals(eval_fn, state, inputs.val, config.eval_batch_size, inputs.extras["val"])
+        epoch_seconds = time.time() - epoch_start
+        record = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(seen, 1),
+                  "train_accuracy": sums["accuracy"] / max(seen, 1), "val_loss": val["loss"],
+                  "val_accuracy": val["accuracy"], "learning_rate": float(metrics["learning_rate"]),
+                  "img_per_s": steps_per_epoch * config.batch_size / epoch_seconds,
+                  "wall_time": time.time() - start_time}
+        record = {k: v if k in ("epoch", "step") else float(v) for k, v in record.items()}
+        history.append(record)
+        _write_history(history_path, history)
+        writer.scalars({"val/loss": val["loss"], "val/accuracy": val["accuracy"],
+                        "epoch/img_per_s": record["img_per_s"]}, step)
+        checkpoint.save(latest, step, state, {**meta, "epoch": epoch + 1})
+        if val["accuracy"] > best_val:
+            best_val = val["accuracy"]
+            checkpoint.save(best, step, state, {**meta, "epoch": epoch + 1}, {"val_accuracy": val["accuracy"]})
+        log.info("epoch %d/%d done in %.0f s: val loss %.4f val acc %.4f (best %.4f)", epoch + 1, config.epochs,
+                     epoch_seconds, val["loss"], val["accuracy"], best_val)
+        writer.flush()
+
+    metrics = final_evaluation(config, workdir, inputs, history, meta, start_time, writer)
+    writer.close()
+    return metrics
+
+
+def final_evaluation(config: Config, workdir: str, inputs: Inputs, history: list[dict], meta: dict,
+                     start_time: float, writer: SummaryWriter) -> dict:
+    """Evaluates the best checkpoint on val and test; writes metrics.json and the PNGs."""
+    state, best_meta = checkpoint.load(workdir)
+    results = {}
+    for split_name in ("val", "test"):
+        split = getattr(inputs, split_name)
+        for tta in ("none", "flip"):
+            key = split_name if tta == "none" else f"{split_name}_{tta}"
+            results[key] = evaluate.evaluate([state], split, config.eval_batch_size, tta=tta,
+                                             standardize=config.standardize, extra=inputs.extras[split_name])
+    wall = time.time() - start_time
+    metrics = {
+        "model": config.model,
+        "params": int(sum(p.size for p in jax.tree.leaves(state.params))),
+        "epochs": config.epochs,
+        "best_epoch": best_meta.get("epoch"),
+        "val_accuracy": results["val"]["accuracy"],
+        "test_accuracy": results["test"]["accuracy"],
+        "test_accuracy_flip_tta": results["test_flip"]["accuracy"],
+        **{f"{k}_metrics": v for k, v in results.items()},
+        "wall_time_s": wall,
+        "train_img_per_s": float(np.median([h["img_per_s"] for h in history])) if history else None,
+        "device": device_description(),
+        "commit": meta["commit"],
+        "command": meta["command"],
+        "config": meta["config"],
+        "history": history,
+    }
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    if history:
+        plots.save_rgb(os.path.join(workdir, "history.png"), plots.figure_to_rgb(plots.history_figure(history)))
+    confusion_rgb = plots.figure_to_rgb(plots.confusion_figure(
+        results["test"]["confusion_matrix"], f"{config.model}: test accuracy {results['test']['accuracy']:.2%}"))
+    plots.save_rgb(os.path.join(workdir, "confusion_matrix.png"), confusion_rgb)
+    step = history[-1]["step"] if history else 0
+    writer.image("test/confusion_matrix", confusion_rgb, step)
+    writer.scalars({"test/accuracy": results["test"]["accuracy"], "val/best_accuracy": results["val"]["accuracy"]},
+                   step)
+    log.info("best checkpoint (epoch %s): val %.4f, test %.4f, test with flip TTA %.4f; wrote %s",
+                 best_meta.get("epoch"), results["val"]["accuracy"], results["test"]["accuracy"],
+                 results["test_flip"]["accuracy"], os.path.join(workdir, "metrics.json"))
+    return metrics

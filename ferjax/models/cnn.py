@@ -1,0 +1,103 @@
+"""VGG-style CNNs of configurable depth and width, and the CNN + HOG fusion model.
+
+Every conv block is conv 3x3 -> batch norm -> ReLU; a stage is `convs_per_stage` blocks
+followed by 2x2 max pooling. Activations are sown into the 'intermediates' collection
+under their layer names, so `ferjax.visualize` reads them without a second forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class ConvStack(nn.Module):
+    """Stages of 3x3 conv + BN + ReLU blocks, each stage ending in 2x2 max pooling."""
+
+    widths: Sequence[int] = (32, 64, 128, 256)  # channels per stage
+    convs_per_stage: int = 2  # conv blocks per stage
+    dtype: Any = jnp.float32  # computation dtype
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
+        x = x_BxHxWxC
+        for stage, width in enumerate(self.widths, start=1):
+            for block in range(1, self.convs_per_stage + 1):
+                name = f"conv{stage}_{block}"
+                x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=name)(x)
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{stage}_{block}")(x)
+                x = nn.relu(x)
+                self.sow("intermediates", name, x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        return x
+
+
+class Head(nn.Module):
+    """Fully-connected layers: (dropout -> dense -> BN -> ReLU) per hidden width, dropout, logits."""
+
+    hidden: Sequence[int] = (256,)  # widths of the hidden dense layers
+    dropout: float = 0.5  # dropout rate before each dense layer
+    num_classes: int = 7
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxD: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+        for i, width in enumerate(self.hidden, start=1):
+            x_BxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxD)
+            x_BxD = nn.Dense(width, use_bias=False, dtype=self.dtype, name=f"fc{i}")(x_BxD)
+            x_BxD = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"fc{i}_bn")(x_BxD)
+            x_BxD = nn.relu(x_BxD)
+        prelogits = x_BxD
+        x_BxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxD)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x_BxD)
+        return logits.astype(jnp.float32), prelogits
+
+
+class CNN(nn.Module):
+    """A VGG-style CNN: `ConvStack` then `Head`. Returns (logits, aux) with aux['prelogits']."""
+
+    widths: Sequence[int] = (32, 64, 128, 256)  # channels per stage; the depth is len(widths) * convs_per_stage
+    convs_per_stage: int = 2  # conv blocks per stage
+    hidden: Sequence[int] = (256,)  # hidden dense widths
+    dropout: float = 0.5  # dropout rate in the head
+    num_classes: int = 7
+    dtype: Any = jnp.float32
+    needs_hog: ClassVar[bool] = False
+
+    @nn.compact
+    def __call__(self, x_BxHxWx1: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
+        features = ConvStack(self.widths, self.convs_per_stage, self.dtype, name="convs")(x_BxHxWx1, train=train)
+        logits, prelogits = Head(self.hidden, self.dropout, self.num_classes, self.dtype, name="classifier")(
+            features.reshape(features.shape[0], -1), train=train
+        )
+        return logits, {"prelogits": prelogits}
+
+
+class HOGFusion(nn.Module):
+    """CNN + HOG: the HOG vector joins the flattened conv features before the dense layers.
+
+    HOG features are computed on the host by `ferjax.features.hog_features` (scikit-image) and
+    passed as `hog`; the conv trunk and head are those of `CNN`.
+    """
+
+    widths: Sequence[int] = (32, 64, 128, 256)
+    convs_per_stage: int = 2
+    hidden: Sequence[int] = (256,)
+    dropout: float = 0.5
+    num_classes: int = 7
+    dtype: Any = jnp.float32
+    needs_hog: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, x_BxHxWx1: jax.Array, *, hog: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+        features = ConvStack(self.widths, self.convs_per_stage, self.dtype, name="convs")(x_BxHxWx1, train=train)
+        # Normalise the HOG block to the conv features' scale with its own BN before fusing.
+        hog_BxD = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="hog_bn")(hog)
+        fused = jnp.concatenate([features.reshape(features.shape[0], -1), hog_BxD.astype(features.dtype)], axis=-1)
+        logits, prelogits = Head(self.hidden, self.dropout, self.num_classes, self.dtype, name="classifier")(
+            fused, train=train
+        )
+        return logits, {"prelogits": prelogits}

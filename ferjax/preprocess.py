@@ -1,0 +1,161 @@
+"""The paper's image operations and the on-device training augmentation.
+
+Host-side (NumPy) operations turn any photo crop into a FER2013-like face:
+luminosity grayscale, anti-aliased resize to 48x48, saturation adjustment.
+Normalisation (scale to [0, 1], subtract the training-set mean face, optional
+per-image standardisation) and augmentation run inside the jitted step on either
+NumPy or JAX arrays, so training, evaluation and inference share one definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ferjax import spatial
+
+# ITU-R BT.709 luminosity weights, as in the paper.
+LUMINOSITY_WEIGHTS = np.array([0.2126, 0.7152, 0.0722], np.float32)
+
+
+def rgb_to_grayscale(rgb_HxWx3: np.ndarray) -> np.ndarray:
+    """Luminosity grayscale: 0.2126 R + 0.7152 G + 0.0722 B (float32, same range as the input)."""
+    return np.asarray(rgb_HxWx3, np.float32) @ LUMINOSITY_WEIGHTS
+
+
+def saturation_matrix(saturation: float) -> np.ndarray:
+    """The luminance-weighted 3x3 saturation matrix (Haeberli), with the luminosity weights.
+
+    `saturation` 0 gives grayscale in every channel, 1 the identity, above 1 more saturated colour.
+    Each row is ``(1 - s) * weights + s * e_c``.
+    """
+    return (1 - saturation) * np.tile(LUMINOSITY_WEIGHTS, (3, 1)) + saturation * np.eye(3, dtype=np.float32)
+
+
+def adjust_saturation(rgb_HxWx3: np.ndarray, saturation: float) -> np.ndarray:
+    """Applies `saturation_matrix` to every pixel, clipped to the input's [0, 255] range.
+
+    The matrix keeps luminosity unchanged (its weights sum to 1), so luminosity grayscale of the
+    adjusted image equals that of the original up to clipping: on FER2013, already gray, it is
+    an identity. It matters where colour is kept, e.g. for the annotated photos `predict` writes.
+    """
+    adjusted = np.asarray(rgb_HxWx3, np.float32) @ saturation_matrix(saturation).T
+    return np.clip(adjusted, 0, 255)
+
+
+def resize(image_HxW: np.ndarray, size: int = 48) -> np.ndarray:
+    """Anti-aliased resize to size x size, keeping the value range (float32)."""
+    from skimage.transform import resize as sk_resize
+
+    image = np.asarray(image_HxW, np.float32)
+    if image.shape == (size, size):
+        return image
+    return sk_resize(image, (size, size), order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
+
+
+def to_face(image: np.ndarray, size: int = 48, saturation: float = 1.0) -> np.ndarray:
+    """Any decoded image (gray, gray+alpha, RGB, RGBA) -> uint8 size x size luminosity face."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        rgb = image[..., :3]
+        if saturation != 1.0:
+            rgb = adjust_saturation(rgb, saturation)
+        image = rgb_to_grayscale(rgb)
+    elif image.ndim == 3 and image.shape[-1] in (1, 2):
+        image = image[..., 0]
+    elif image.ndim != 2:
+        raise ValueError(f"expected a gray or colour image, got shape {image.shape}")
+    if image.shape == (size, size) and image.dtype == np.uint8:
+        return image
+    return np.clip(np.round(resize(image, size)), 0, 255).astype(np.uint8)
+
+
+def training_mean(images_NxHxW: np.ndarray) -> np.ndarray:
+    """The mean face of the training images, in [0, 1] (float32 HxW)."""
+    return (np.asarray(images_NxHxW, np.float64) / 255.0).mean(axis=0).astype(np.float32)
+
+
+def subtract_mean(images_BxHxW, mean_HxW):
+    """Training-set mean subtraction; works on NumPy and JAX arrays."""
+    return images_BxHxW - mean_HxW
+
+
+def standardize(images_BxHxW, eps: float = 1e-6):
+    """Per-image zero mean and unit variance; works on NumPy and JAX arrays."""
+    mean = images_BxHxW.mean(axis=(-2, -1), keepdims=True)
+    std = images_BxHxW.std(axis=(-2, -1), keepdims=True)
+    return (images_BxHxW - mean) / (std + eps)
+
+
+def normalize(images_BxHxW, mean_HxW, per_image_standardize: bool = False):
+    """uint8 faces -> model inputs: scale to [0, 1], subtract the training mean, optionally standardise."""
+    x = subtract_mean(images_BxHxW / 255.0, mean_HxW)
+    return standardize(x) if per_image_standardize else x
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Training augmentation, each part switchable. Defaults: the paper's horizontal flip only."""
+
+    flip: bool = True  # horizontal flip with probability 1/2 (the paper's augmentation)
+    shift: int = 0  # random translation by up to this many pixels (whole pixels, zero fill)
+    rotate: float = 0.0  # random rotation by up to this many degrees
+    scale: float = 0.0  # random zoom by a factor in [1 - scale, 1 + scale]
+    erase: float = 0.0  # probability of random erasing (a rectangle set to the mean face)
+
+    @property
+    def warps(self) -> bool:
+        return bool(self.shift or self.rotate or self.scale)
+
+
+def random_theta(rng: jax.Array, batch: int, size: int, aug: Augment) -> jax.Array:
+    """Random affine transforms (output -> input, normalised coordinates), Bx2x3."""
+    k_shift, k_rot, k_scale = jax.random.split(rng, 3)
+    shift_Bx2 = jax.random.randint(k_shift, (batch, 2), -aug.shift, aug.shift + 1).astype(jnp.float32)
+    angle_B = jnp.deg2rad(jax.random.uniform(k_rot, (batch,), minval=-aug.rotate, maxval=aug.rotate))
+    zoom_B = jax.random.uniform(k_scale, (batch,), minval=1 - aug.scale, maxval=1 + aug.scale)
+    cos_B, sin_B = jnp.cos(angle_B) / zoom_B, jnp.sin(angle_B) / zoom_B
+    # A shift of one pixel is 2 / size in normalised coordinates.
+    tx_B, ty_B = (2.0 / size) * shift_Bx2[:, 0], (2.0 / size) * shift_Bx2[:, 1]
+    return jnp.stack([jnp.stack([cos_B, -sin_B, tx_B], -1), jnp.stack([sin_B, cos_B, ty_B], -1)], -2)
+
+
+def random_erase(rng: jax.Array, x_BxHxW: jax.Array, prob: float) -> jax.Array:
+    """Random erasing: with probability `prob`, a rectangle of 2-25% of the area (aspect 0.3-3.3) is zeroed."""
+    batch, height, width = x_BxHxW.shape
+    k_apply, k_area, k_aspect, k_y, k_x = jax.random.split(rng, 5)
+    area_B = jax.random.uniform(k_area, (batch,), minval=0.02, maxval=0.25) * height * width
+    aspect_B = jnp.exp(jax.random.uniform(k_aspect, (batch,), minval=jnp.log(0.3), maxval=jnp.log(3.3)))
+    h_B = jnp.clip(jnp.sqrt(area_B * aspect_B), 1, height)
+    w_B = jnp.clip(jnp.sqrt(area_B / aspect_B), 1, width)
+    y0_B = jax.random.uniform(k_y, (batch,)) * (height - h_B)
+    x0_B = jax.random.uniform(k_x, (batch,)) * (width - w_B)
+    rows_H, cols_W = jnp.arange(height), jnp.arange(width)
+    in_rows_BxH = (rows_H >= y0_B[:, None]) & (rows_H < (y0_B + h_B)[:, None])
+    in_cols_BxW = (cols_W >= x0_B[:, None]) & (cols_W < (x0_B + w_B)[:, None])
+    erase_BxHxW = in_rows_BxH[:, :, None] & in_cols_BxW[:, None, :]
+    apply_B = jax.random.bernoulli(k_apply, prob, (batch,))
+    return jnp.where(erase_BxHxW & apply_B[:, None, None], 0.0, x_BxHxW)
+
+
+def augment(rng: jax.Array, x_BxHxW: jax.Array, aug: Augment) -> tuple[jax.Array, jax.Array]:
+    """Geometric augmentation of [0, 1] faces, jit-compatible.
+
+    Returns:
+      (augmented faces, flipped_B): which images were mirrored, so that features computed
+      on the host (HOG) can follow the flip.
+    """
+    batch, height, width = x_BxHxW.shape
+    k_flip, k_warp = jax.random.split(rng)
+    flipped_B = jax.random.bernoulli(k_flip, 0.5, (batch,)) if aug.flip else jnp.zeros((batch,), bool)
+    x_BxHxW = jnp.where(flipped_B[:, None, None], x_BxHxW[:, :, ::-1], x_BxHxW)
+    if aug.warps:
+        theta_Bx2x3 = random_theta(k_warp, batch, height, aug)
+        x_BxHxW = spatial.warp(x_BxHxW[..., None], theta_Bx2x3)[..., 0]
+    return x_BxHxW, flipped_B

@@ -1,0 +1,227 @@
+"""Training state, loss and the pure train / eval steps.
+
+The programmatic API::
+
+    state = create_train_state(rng, model, config, mean_image=mean, steps_per_epoch=n)
+    step = jax.jit(functools.partial(train_step, config=config), donate_argnums=0)
+    for i, batch in enumerate(data.batches(train, config.batch_size, shuffle_seed=epoch)):
+        state, metrics = step(state, batch, jax.random.fold_in(loop_key, i))
+    totals = eval_step(state, batch)
+
+Nothing here has side effects: the training-set mean face and the class weights live in
+the state (and so in every checkpoint); dropout and augmentation keys come from `rng`.
+The training loop that drives these functions is `ferjax.loop`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from ferjax import data, preprocess
+from ferjax.configs import Config
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+    mean_image: jax.Array  # training-set mean face in [0, 1], HxW: subtracted from every input
+    class_weights: jax.Array  # per-class loss weights, [7]
+
+
+def class_weights(labels: np.ndarray, weighting: str) -> np.ndarray:
+    """'none': all ones; 'balanced': N / (classes * count_c), so every class weighs the same in total."""
+    if weighting == "none":
+        return np.ones(data.NUM_CLASSES, np.float32)
+    counts = np.bincount(labels, minlength=data.NUM_CLASSES).astype(np.float64)
+    return (len(labels) / (data.NUM_CLASSES * np.maximum(counts, 1))).astype(np.float32)
+
+
+def _is_kernel(path, _) -> bool:
+    return getattr(path[-1], "key", None) == "kernel"
+
+
+def kernel_mask(params) -> Any:
+    """True for conv and dense kernels: what L2 and weight decay apply to (not biases, BN scales)."""
+    return jax.tree_util.tree_map_with_path(_is_kernel, params)
+
+
+def l2_penalty(params) -> jax.Array:
+    """0.5 * sum of squared kernel weights: the paper's L2 regularisation term."""
+    leaves = [p for p, is_k in zip(jax.tree.leaves(params), jax.tree.leaves(kernel_mask(params))) if is_k]
+    return 0.5 * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+    total = config.epochs * steps_per_epoch
+    lr = config.learning_rate
+    if config.schedule == "cosine":
+        warmup = int(config.warmup_epochs * steps_per_epoch)
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1), end_value=lr * 1e-3)
+    if config.schedule == "onecycle":
+        return optax.cosine_onecycle_schedule(total, lr)
+    return optax.constant_schedule(lr)  # 'constant', and the base of 'plateau'
+
+
+def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+    """Adam / AdamW / SGD-Nesterov with the configured schedule, clipping and decay.
+
+    The learning rate is injected as a hyperparameter so that it is logged and checkpointed.
+    'plateau' scales it by `reduce_on_plateau`, fed the training loss averaged over an epoch.
+    """
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    if config.optimizer == "adam":
+        inner = optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
+    elif config.optimizer == "adamw":
+        inner = optax.inject_hyperparams(optax.adamw)(
+            learning_rate=schedule, weight_decay=config.weight_decay, mask=kernel_mask
+        )
+    else:
+        inner = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule, momentum=config.momentum, nesterov=True)
+        if config.weight_decay:
+            inner = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=kernel_mask), inner)
+    parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip else []
+    parts.append(inner)
+    if config.schedule == "plateau":
+        parts.append(optax.contrib.reduce_on_plateau(
+            factor=config.plateau_factor, patience=config.plateau_patience, accumulation_size=steps_per_epoch))
+    return optax.chain(*parts)
+
+
+def current_learning_rate(opt_state) -> jax.Array:
+    """The learning rate the last update used (schedule times any plateau scale)."""
+    lr, scale = None, jnp.float32(1.0)
+    for s in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "hyperparams") or hasattr(x, "scale")):
+        if hasattr(s, "hyperparams"):
+            lr = s.hyperparams["learning_rate"]
+        elif hasattr(s, "scale"):
+            scale = s.scale
+    return lr * scale
+
+
+def create_train_state(rng: jax.Array, model: nn.Module, config: Config, *, mean_image: np.ndarray,
+                       steps_per_epoch: int, weights: np.ndarray | None = None,
+                       hog_dim: int | None = None) -> TrainState:
+    """Initialises parameters, batch-norm statistics and the optimizer.
+
+    Args:
+      rng: the init key.
+      model: from `ferjax.models.create`.
+      config: the training config (optimizer, schedule, ...).
+      mean_image: training-set mean face in [0, 1], HxW.
+      steps_per_epoch: for the schedules.
+      weights: per-class loss weights (default: ones).
+      hog_dim: length of the HOG vector, for models that take one.
+    """
+    size = mean_image.shape[0]
+    inputs = {"hog": jnp.zeros((1, hog_dim))} if model.needs_hog else {}
+    variables = model.init({"params": rng, "dropout": rng}, jnp.zeros((1, size, size, 1)), train=False, **inputs)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=make_optimizer(config, steps_per_epoch),
+        mean_image=jnp.asarray(mean_image, jnp.float32),
+        class_weights=jnp.asarray(np.ones(data.NUM_CLASSES) if weights is None else weights, jnp.float32),
+    )
+
+
+def model_inputs(state: TrainState, images_BxHxW: jax.Array, per_image_standardize: bool) -> jax.Array:
+    """uint8 (or [0, 255] float) faces -> normalised BxHxWx1 model input."""
+    return preprocess.normalize(images_BxHxW, state.mean_image, per_image_standardize)[..., None]
+
+
+def _hog_input(batch: dict, flipped_B: jax.Array | None) -> dict:
+    if "hog" not in batch:
+        return {}
+    if flipped_B is None:
+        return {"hog": batch["hog"]}
+    return {"hog": jnp.where(flipped_B[:, None], batch["hog_flipped"], batch["hog"])}
+
+
+def _augment_config(config: Config) -> preprocess.Augment:
+    return preprocess.Augment(config.flip, config.shift, config.rotate, config.scale, config.erase)
+
+
+def weighted_cross_entropy(logits_BxK, labels_B, weights_B, label_smoothing: float) -> jax.Array:
+    """Mean cross-entropy over the samples with non-zero weight (weights: mask x class weight)."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BxK.shape[-1]), label_smoothing)
+    per_sample = optax.softmax_cross_entropy(logits_BxK, targets)
+    return jnp.sum(per_sample * weights_B) / jnp.maximum(jnp.sum(weights_B), 1e-9)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config: Config) -> tuple[TrainState, dict]:
+    """One optimisation step on a batch {'image': uint8 BxHxW, 'label', 'mask'[, 'hog', 'hog_flipped']}.
+
+    Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). Returns the new state and
+    device-scalar metrics (loss, cross_entropy, accuracy, learning_rate).
+    """
+    k_aug, k_erase, k_dropout = jax.random.split(rng, 3)
+    aug = _augment_config(config)
+    faces, flipped_B = preprocess.augment(k_aug, batch["image"].astype(jnp.float32), aug)
+    x = model_inputs(state, faces, config.standardize)
+    if aug.erase:
+        x = preprocess.random_erase(k_erase, x[..., 0], aug.erase)[..., None]
+    weights_B = batch["mask"] * state.class_weights[batch["label"]]
+
+    def loss_fn(params):
+        (logits, _), updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, x, train=True,
+            rngs={"dropout": k_dropout}, mutable=["batch_stats"], **_hog_input(batch, flipped_B))
+        ce = weighted_cross_entropy(logits, batch["label"], weights_B, config.label_smoothing)
+        return ce + config.l2 * l2_penalty(params), (ce, logits, updates)
+
+    (loss, (ce, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
+    state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, param_updates),
+        opt_state=opt_state,
+        batch_stats=updates["batch_stats"],
+    )
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * batch["mask"])
+    metrics = {
+        "loss": loss,
+        "cross_entropy": ce,
+        "accuracy": correct / jnp.maximum(jnp.sum(batch["mask"]), 1),
+        "learning_rate": current_learning_rate(opt_state),
+    }
+    return state, metrics
+
+
+def predict_logits(state: TrainState, batch: dict, *, standardize: bool = False, flip: bool = False) -> jax.Array:
+    """Eval-mode logits of a batch; `flip` mirrors the faces (for test-time augmentation)."""
+    images = batch["image"].astype(jnp.float32)
+    if flip:
+        images = images[:, :, ::-1]
+    flipped_B = jnp.full(images.shape[:1], flip)
+    (logits, _) = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                                 model_inputs(state, images, standardize), train=False,
+                                 **_hog_input(batch, flipped_B))
+    return logits
+
+
+def eval_step(state: TrainState, batch: dict, *, standardize: bool = False) -> dict:
+    """Masked sums over a batch: loss_sum, correct, count and the 7x7 confusion matrix (rows: truth)."""
+    logits = predict_logits(state, batch, standardize=standardize)
+    return confusion_sums(logits, batch["label"], batch["mask"])
+
+
+def confusion_sums(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Array) -> dict:
+    """Sums that add up across batches and devices: every unmasked sample counts once."""
+    num_classes = logits_BxK.shape[-1]
+    per_sample = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B)
+    predicted = jnp.argmax(logits_BxK, -1)
+    onehot_true = jax.nn.one_hot(labels_B, num_classes) * mask_B[:, None]
+    onehot_pred = jax.nn.one_hot(predicted, num_classes)
+    return {
+        "loss_sum": jnp.sum(per_sample * mask_B),
+        "correct": jnp.sum((predicted == labels_B) * mask_B),
+        "count": jnp.sum(mask_B),
+        "confusion": onehot_true.T @ onehot_pred,
+    }
