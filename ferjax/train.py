@@ -78,7 +78,7 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
     if config.optimizer == "adam":
         inner = optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
     elif config.optimizer == "adamw":
-        inner = optax.inject_hyperparams(optax.adamw)(
+        inner = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
             learning_rate=schedule, weight_decay=config.weight_decay, mask=kernel_mask
         )
     else:
