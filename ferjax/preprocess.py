@@ -80,7 +80,7 @@ def training_mean(images_NxHxW: np.ndarray) -> np.ndarray:
 
 def subtract_mean(images_BxHxW, mean_HxW):
     """Training-set mean subtraction; works on NumPy and JAX arrays."""
-    return images_BxHxW - mean_HxW
+    return images_BxHxW - mean_HxW[None]
 
 
 def standardize(images_BxHxW, eps: float = 1e-6):
@@ -136,9 +136,9 @@ def random_erase(rng: jax.Array, x_BxHxW: jax.Array, prob: float) -> jax.Array:
     w_B = jnp.clip(jnp.sqrt(area_B / aspect_B), 1, width)
     y0_B = jax.random.uniform(k_y, (batch,)) * (height - h_B)
     x0_B = jax.random.uniform(k_x, (batch,)) * (width - w_B)
-    rows_H, cols_W = jnp.arange(height), jnp.arange(width)
-    in_rows_BxH = (rows_H >= y0_B[:, None]) & (rows_H < (y0_B + h_B)[:, None])
-    in_cols_BxW = (cols_W >= x0_B[:, None]) & (cols_W < (x0_B + w_B)[:, None])
+    rows_1xH, cols_1xW = jnp.arange(height)[None], jnp.arange(width)[None]
+    in_rows_BxH = (rows_1xH >= y0_B[:, None]) & (rows_1xH < (y0_B + h_B)[:, None])
+    in_cols_BxW = (cols_1xW >= x0_B[:, None]) & (cols_1xW < (x0_B + w_B)[:, None])
     erase_BxHxW = in_rows_BxH[:, :, None] & in_cols_BxW[:, None, :]
     apply_B = jax.random.bernoulli(k_apply, prob, (batch,))
     return jnp.where(erase_BxHxW & apply_B[:, None, None], 0.0, x_BxHxW)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from ferjax.models.cnn import CNN, HOGFusion
 from ferjax.models.stn import DeepEmotion, STNDeep
@@ -44,3 +46,20 @@ def create(name: str, **config) -> nn.Module:
         return MODELS[name](**config)
     except TypeError as e:
         raise ValueError(f"bad config for model {name!r}: {e}") from None
+
+
+def count_params(params) -> int:
+    return int(sum(p.size for p in jax.tree.leaves(params)))
+
+
+def describe(name: str, image_size: int = 48, hog_dim: int = 900, **config) -> dict:
+    """Parameter count and forward FLOPs per image (XLA's cost analysis, eval mode) of a registered model."""
+    model = create(name, **config)
+    x = jnp.zeros((1, image_size, image_size, 1))
+    inputs = {"hog": jnp.zeros((1, hog_dim))} if model.needs_hog else {}
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False, **inputs))
+    concrete = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
+    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False, **inputs)).lower(concrete, x).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"params": count_params(variables["params"]), "flops": int(cost.get("flops", 0))}

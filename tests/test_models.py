@@ -1,0 +1,133 @@
+"""Every registered model: exact parameter count, shapes, train/eval behaviour, attention specifics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ferjax import models
+
+
+def conv_bn(cin, cout):
+    return 9 * cin * cout + 2 * cout  # 3x3 kernel without bias, BN scale and bias
+
+
+def vgg(widths, convs_per_stage, hidden, extra_features=0, size=48):
+    """Parameters of ConvStack + Head, counted from the architecture."""
+    total, cin = 0, 1
+    for width in widths:
+        for _ in range(convs_per_stage):
+            total += conv_bn(cin, width)
+            cin = width
+    features = (size // 2 ** len(widths)) ** 2 * widths[-1] + extra_features
+    for h in hidden:
+        total += features * h + 2 * h  # dense without bias, BN
+        features = h
+    return total + features * 7 + 7
+
+
+LOCALISATION = (7 * 7 * 1 * 8 + 8) + (5 * 5 * 8 * 10 + 10) + (640 * 32 + 32) + (32 * 6 + 6)
+DEEP_EMOTION = LOCALISATION + (9 * 10 + 10) + 3 * (9 * 10 * 10 + 10) + 2 * 10 + (810 * 50 + 50) + (50 * 7 + 7)
+HOG_DIM = 900
+
+EXPECTED_PARAMS = {
+    "cnn_shallow": vgg((32, 64, 128), 1, (256,)),
+    "cnn_medium": vgg((32, 64, 128, 256), 2, (256,)),
+    "cnn_deep": vgg((64, 128, 256, 512), 2, (512,)),
+    "hog": vgg((32, 64, 128, 256), 2, (256,), extra_features=HOG_DIM) + 2 * HOG_DIM,
+    "stn": DEEP_EMOTION,
+    "stn_deep": LOCALISATION + vgg((32, 64, 128, 256), 2, (256,)),
+    "_tiny_cnn": vgg((4, 8), 1, (16,)),
+    "_tiny_hog": vgg((4, 8), 1, (16,), extra_features=HOG_DIM) + 2 * HOG_DIM,
+    "_tiny_stn_deep": LOCALISATION + vgg((4, 8), 1, (16,)),
+}
+
+
+def _init(model, batch=2):
+    x = jax.random.normal(jax.random.key(0), (batch, 48, 48, 1))
+    inputs = {"hog": jax.random.uniform(jax.random.key(1), (batch, HOG_DIM))} if model.needs_hog else {}
+    variables = model.init({"params": jax.random.key(2), "dropout": jax.random.key(3)}, x, train=False, **inputs)
+    return variables, x, inputs
+
+
+def test_every_registered_model_has_an_expected_count():
+    assert set(EXPECTED_PARAMS) == set(models.MODELS)
+    assert DEEP_EMOTION == 66877  # the paper's network is tiny
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_parameter_count(name):
+    variables = jax.eval_shape(lambda: _init(models.create(name))[0])  # shapes only: no compute
+    assert models.count_params(variables["params"]) == EXPECTED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", ["_tiny_cnn", "_tiny_hog", "_tiny_stn_deep", "stn"])
+def test_shapes_and_finiteness_with_and_without_jit(name):
+    model = models.create(name)
+    variables, x, inputs = _init(model, batch=3)
+    (logits, aux) = model.apply(variables, x, train=False, **inputs)
+    (jit_logits, _) = jax.jit(lambda v, x: model.apply(v, x, train=False, **inputs))(variables, x)
+    assert logits.shape == (3, 7) and np.isfinite(np.asarray(logits)).all()
+    np.testing.assert_allclose(logits, jit_logits, atol=1e-4)
+    assert aux["prelogits"].shape[0] == 3
+
+
+@pytest.mark.parametrize("name", ["_tiny_cnn", "stn"])
+def test_train_mode_uses_dropout_and_batch_statistics(name):
+    model = models.create(name)
+    variables, x, inputs = _init(model, batch=4)
+
+    def train_apply(key):
+        return model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"], **inputs)
+
+    (a, _), updated = train_apply(jax.random.key(0))
+    (b, _), _ = train_apply(jax.random.key(1))
+    assert not np.allclose(a, b)  # dropout masks differ
+    old, new = jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updated["batch_stats"])
+    assert any(not np.allclose(o, n) for o, n in zip(old, new))  # running statistics move
+    (e1, _), (e2, _) = (model.apply(variables, x, train=False, **inputs) for _ in range(2))
+    np.testing.assert_array_equal(e1, e2)  # eval is deterministic
+
+
+def test_stn_starts_from_the_identity_transform():
+    model = models.create("stn")
+    variables, x, _ = _init(model)
+    (_, aux) = model.apply(variables, x, train=False)
+    np.testing.assert_allclose(aux["theta"], np.broadcast_to(np.eye(2, 3), (2, 2, 3)), atol=1e-6)
+    np.testing.assert_allclose(aux["warped"], x, atol=1e-5)
+
+
+def test_stn_can_warp_the_features_as_the_figure_draws():
+    model = models.create("stn", warp_at="features")
+    variables, x, _ = _init(model)
+    assert models.count_params(variables["params"]) == DEEP_EMOTION
+    (logits, aux) = model.apply(variables, x, train=False)
+    assert logits.shape == (2, 7) and aux["warped"].shape == (2, 9, 9, 10)
+
+
+def test_gradients_reach_the_localisation_network():
+    model = models.create("stn")
+    variables, x, _ = _init(model)
+
+    def loss(params):
+        (logits, _), _ = model.apply({**variables, "params": params}, x, train=True,
+                                     rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+        return jnp.sum(logits ** 2)
+
+    grads = jax.grad(loss)(variables["params"])
+    # The theta layer starts at zero kernel, so the gradient flows into it (and from there, after one step, further).
+    assert float(jnp.abs(grads["stn_loc"]["theta"]["kernel"]).sum()) > 0
+    assert float(jnp.abs(grads["stn_loc"]["theta"]["bias"]).sum()) > 0
+
+
+def test_describe_reports_params_and_flops_that_grow_with_depth():
+    shallow, medium, deep = (models.describe(n) for n in ("cnn_shallow", "cnn_medium", "cnn_deep"))
+    assert shallow["params"] == EXPECTED_PARAMS["cnn_shallow"]
+    assert 0 < shallow["flops"] < medium["flops"] < deep["flops"]
+
+
+def test_unknown_model_and_field_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown model 'vgg99'; choose one of cnn_shallow"):
+        models.create("vgg99")
+    with pytest.raises(ValueError, match="bad config for model 'stn'"):
+        models.create("stn", widths=(8,))

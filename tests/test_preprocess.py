@@ -1,0 +1,122 @@
+"""The paper's preprocessing against hand-computed values, and the on-device augmentation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ferjax import preprocess
+
+
+def test_luminosity_weights():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]], np.uint8)
+    gray = preprocess.rgb_to_grayscale(rgb)
+    np.testing.assert_allclose(gray[0], [54.213, 182.376, 18.411, 2.126 + 14.304 + 2.166], rtol=1e-6)
+
+
+def test_saturation_matrix_by_hand():
+    np.testing.assert_allclose(preprocess.saturation_matrix(1.0), np.eye(3))
+    zero = preprocess.saturation_matrix(0.0)
+    np.testing.assert_allclose(zero, [[0.2126, 0.7152, 0.0722]] * 3, rtol=1e-6)
+    half = preprocess.saturation_matrix(0.5)
+    np.testing.assert_allclose(half[0], [0.5 * 0.2126 + 0.5, 0.5 * 0.7152, 0.5 * 0.0722], rtol=1e-6)
+
+
+def test_saturation_keeps_luminosity_and_moves_colour(rng):
+    rgb = rng.uniform(60, 180, size=(5, 5, 3))
+    more = preprocess.adjust_saturation(rgb, 1.5)
+    gray = preprocess.adjust_saturation(rgb, 0.0)
+    np.testing.assert_allclose(preprocess.rgb_to_grayscale(more), preprocess.rgb_to_grayscale(rgb), rtol=1e-5)
+    np.testing.assert_allclose(gray[..., 0], gray[..., 2], rtol=1e-5)  # s = 0: no colour left
+    spread = lambda x: (x.max(-1) - x.min(-1)).mean()  # noqa: E731
+    assert spread(more) > spread(rgb) > spread(gray)
+
+
+def test_resize_is_anti_aliased():
+    stripes = np.zeros((96, 96), np.float32)
+    stripes[:, ::2] = 255  # one-pixel stripes: plain subsampling would keep only one colour
+    resized = preprocess.resize(stripes, 48)
+    assert resized.shape == (48, 48)
+    np.testing.assert_allclose(resized[8:-8, 8:-8], 127.5, atol=20)
+    constant = preprocess.resize(np.full((100, 70), 42.0), 48)
+    np.testing.assert_allclose(constant, 42.0, atol=1e-4)
+
+
+def test_to_face_converts_any_image():
+    face = preprocess.to_face(np.full((64, 64, 4), [100, 100, 100, 255], np.uint8))
+    assert face.shape == (48, 48) and face.dtype == np.uint8 and np.all(face == 100)
+    gray = np.arange(48 * 48, dtype=np.uint8).reshape(48, 48)
+    assert preprocess.to_face(gray) is gray  # already a face: untouched
+    with pytest.raises(ValueError, match="shape"):
+        preprocess.to_face(np.zeros((2, 3, 4, 5)))
+
+
+def test_mean_subtraction_and_standardisation():
+    images = np.stack([np.full((2, 2), 51), np.full((2, 2), 153)]).astype(np.uint8)
+    mean = preprocess.training_mean(images)
+    np.testing.assert_allclose(mean, 0.4)  # (0.2 + 0.6) / 2
+    normalized = preprocess.normalize(images.astype(np.float32), mean)
+    np.testing.assert_allclose(normalized[:, 0, 0], [-0.2, 0.2], atol=1e-6)
+    x = np.array([[[1.0, 3.0], [5.0, 7.0]]])
+    standardized = preprocess.standardize(x)
+    np.testing.assert_allclose(standardized, (x - 4) / np.sqrt(5), atol=1e-5)
+
+
+def _faces(batch=16):
+    return jax.random.uniform(jax.random.key(0), (batch, 48, 48))
+
+
+def test_no_augmentation_is_identity():
+    faces = _faces()
+    out, flipped = preprocess.augment(jax.random.key(1), faces, preprocess.Augment(flip=False))
+    np.testing.assert_array_equal(out, faces)
+    assert not flipped.any()
+
+
+def test_flip_mirrors_exactly_the_reported_images():
+    faces = _faces()
+    out, flipped = jax.jit(preprocess.augment, static_argnums=2)(jax.random.key(2), faces, preprocess.Augment())
+    flipped = np.asarray(flipped)
+    assert 0 < flipped.sum() < len(flipped)
+    np.testing.assert_array_equal(np.asarray(out)[flipped], np.asarray(faces)[flipped][:, :, ::-1])
+    np.testing.assert_array_equal(np.asarray(out)[~flipped], np.asarray(faces)[~flipped])
+
+
+def test_shift_moves_by_whole_pixels():
+    faces = _faces(32)
+    aug = preprocess.Augment(flip=False, shift=2)
+    out = np.asarray(preprocess.augment(jax.random.key(3), faces, aug)[0])
+    faces = np.asarray(faces)
+    for face, moved in zip(faces, out):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.allclose(moved[2:-2, 2:-2], face[2 + dy:46 + dy, 2 + dx:46 + dx], atol=1e-5)]
+        assert len(matches) == 1
+
+
+def test_rotation_and_scale_keep_the_centre_and_change_the_rest():
+    faces = _faces(8)
+    out = preprocess.augment(jax.random.key(4), faces, preprocess.Augment(flip=False, rotate=15, scale=0.1))[0]
+    assert out.shape == faces.shape and np.isfinite(np.asarray(out)).all()
+    assert float(jnp.abs(out - faces).mean()) > 0.05
+
+
+def test_random_erase_zeroes_one_rectangle():
+    x = jnp.ones((64, 48, 48))
+    erased = np.asarray(preprocess.random_erase(jax.random.key(5), x, 1.0))
+    for image in erased:
+        rows, cols = np.nonzero(image == 0)
+        area = len(rows)
+        assert 0 < area <= 0.3 * 48 * 48
+        assert area == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a full rectangle
+    untouched = np.asarray(preprocess.random_erase(jax.random.key(5), x, 0.0))
+    assert np.all(untouched == 1)
+
+
+def test_augmentation_is_deterministic_in_its_key():
+    faces = _faces()
+    aug = preprocess.Augment(shift=3, rotate=10)
+    a = preprocess.augment(jax.random.key(7), faces, aug)[0]
+    b = preprocess.augment(jax.random.key(7), faces, aug)[0]
+    c = preprocess.augment(jax.random.key(8), faces, aug)[0]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)

@@ -1,0 +1,152 @@
+"""The pure train / eval steps, the loss, optimizers and schedules, on tiny models and real faces."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ferjax import configs, data, evaluate, models, preprocess, train
+
+
+def _state(config, split, steps_per_epoch=10):
+    model = models.create(config.model, **config.model_kwargs())
+    return train.create_train_state(jax.random.key(config.seed), model, config,
+                                    mean_image=preprocess.training_mean(split.images), steps_per_epoch=steps_per_epoch)
+
+
+def _batch(split, n):
+    return next(data.batches(split, n))
+
+
+def test_l2_penalty_counts_kernels_only():
+    params = {"conv": {"kernel": jnp.array([1.0, 2.0]), "bias": jnp.array([5.0])},
+              "bn": {"scale": jnp.array([3.0]), "bias": jnp.array([1.0])},
+              "dense": {"kernel": jnp.array([[2.0]])}}
+    assert float(train.l2_penalty(params)) == pytest.approx(0.5 * (1 + 4 + 4))
+
+
+def test_weighted_cross_entropy_by_hand():
+    logits = jnp.log(jnp.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]))
+    labels = jnp.array([0, 1, 2])
+    weights = jnp.array([1.0, 3.0, 0.0])  # the last sample is padding
+    expected = (-np.log(0.5) - 3 * np.log(0.8)) / 4
+    assert float(train.weighted_cross_entropy(logits, labels, weights, 0.0)) == pytest.approx(expected, rel=1e-5)
+    smoothed = train.weighted_cross_entropy(logits, labels, jnp.array([1.0, 0, 0]), 0.3)
+    # Smoothing 0.3 over 3 classes: targets (0.8, 0.1, 0.1).
+    assert float(smoothed) == pytest.approx(-(0.8 * np.log(0.5) + 0.2 * np.log(0.25)), rel=1e-5)
+
+
+def test_balanced_class_weights_by_hand():
+    labels = np.array([0, 0, 0, 1] + [2, 3, 4, 5, 6] * 2)
+    weights = train.class_weights(labels, "balanced")
+    assert weights[0] == pytest.approx(14 / (7 * 3)) and weights[1] == pytest.approx(14 / 7)
+    np.testing.assert_array_equal(train.class_weights(labels, "none"), np.ones(7))
+
+
+def test_confusion_sums_and_metrics_by_hand():
+    logits = jnp.array([[5.0, 0, 0, 0, 0, 0, 0], [0, 5.0, 0, 0, 0, 0, 0], [5.0, 0, 0, 0, 0, 0, 0], [0, 0, 5.0, 0, 0, 0, 0]])
+    labels = jnp.array([0, 0, 0, 3])
+    mask = jnp.array([1.0, 1.0, 1.0, 0.0])
+    sums = train.confusion_sums(logits, labels, mask)
+    assert float(sums["correct"]) == 2 and float(sums["count"]) == 3
+    confusion = np.asarray(sums["confusion"])
+    assert confusion[0, 0] == 2 and confusion[0, 1] == 1 and confusion.sum() == 3
+    metrics = evaluate.metrics_from_confusion(confusion)
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["per_class_accuracy"]["angry"] == pytest.approx(2 / 3)
+    # F1 angry: precision 1, recall 2/3 -> 0.8; disgust: precision 0 -> 0; others 0. Macro over 7 classes.
+    assert metrics["macro_f1"] == pytest.approx(0.8 / 7)
+
+
+def test_step_increments_and_lowers_the_loss_on_a_fixed_batch(small_fer2013):
+    config = configs.tiny_config(dropout=0.0, flip=False, learning_rate=3e-3)
+    state = _state(config, small_fer2013.train)
+    batch = _batch(small_fer2013.train, 32)
+    step = jax.jit(functools.partial(train.train_step, config=config))
+    losses = []
+    for i in range(8):
+        state, metrics = step(state, batch, jax.random.key(i))
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 8
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_same_rng_gives_bit_identical_results(small_fer2013):
+    config = configs.tiny_config(shift=2, erase=0.5)
+    batch = _batch(small_fer2013.train, 16)
+
+    def run():
+        state = _state(config, small_fer2013.train)
+        step = jax.jit(functools.partial(train.train_step, config=config))
+        for i in range(3):
+            state, metrics = step(state, batch, jax.random.key(i))
+        return state, metrics
+
+    (a, ma), (b, mb) = run(), run()
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    assert float(ma["loss"]) == float(mb["loss"])
+
+
+def test_small_model_overfits_64_real_faces(small_fer2013):
+    faces = data.stratified_subset(small_fer2013.train, 64)
+    config = configs.tiny_config(model="_tiny_cnn", dropout=0.0, flip=False, l2=0.0, learning_rate=1e-2,
+                                 batch_size=64)
+    state = _state(config, faces)
+    batch = _batch(faces, 64)
+    step = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+    for i in range(80):
+        state, _ = step(state, batch, jax.random.key(i))
+    totals = jax.jit(train.eval_step)(state, batch)
+    assert float(totals["correct"]) == 64
+
+
+@pytest.mark.parametrize("optimizer", configs.OPTIMIZERS)
+@pytest.mark.parametrize("schedule", configs.SCHEDULES)
+def test_every_optimizer_and_schedule_steps(optimizer, schedule, small_fer2013):
+    config = configs.tiny_config(optimizer=optimizer, schedule=schedule, weight_decay=1e-4, grad_clip=1.0,
+                                 epochs=2, warmup_epochs=0.5)
+    tx = train.make_optimizer(config, steps_per_epoch=4)
+    params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    opt_state = tx.init(params)
+    for _ in range(2):  # the cosine warm-up starts at 0
+        updates, opt_state = tx.update(jax.tree.map(jnp.ones_like, params), opt_state, params, value=jnp.float32(1))
+    assert np.all(np.asarray(updates["dense"]["kernel"]) < 0)
+    assert float(train.current_learning_rate(opt_state)) > 0
+
+
+def test_schedules_shape_the_learning_rate():
+    cosine = train.learning_rate_schedule(configs.tiny_config(schedule="cosine", epochs=10, warmup_epochs=1), 10)
+    assert float(cosine(0)) == 0 and float(cosine(10)) == pytest.approx(1e-3) and float(cosine(100)) < 1e-5
+    onecycle = train.learning_rate_schedule(configs.tiny_config(schedule="onecycle", epochs=10), 10)
+    assert float(onecycle(0)) < float(onecycle(30)) and float(onecycle(99)) < float(onecycle(30))
+
+
+def test_plateau_lowers_the_learning_rate_when_the_loss_stalls():
+    config = configs.tiny_config(schedule="plateau", plateau_patience=1, plateau_factor=0.5, epochs=10)
+    tx = train.make_optimizer(config, steps_per_epoch=2)
+    params = {"kernel": jnp.ones(3)}
+    opt_state = tx.init(params)
+    for _ in range(8):  # four "epochs" of a constant loss
+        _, opt_state = tx.update({"kernel": jnp.ones(3)}, opt_state, params, value=jnp.float32(1.0))
+    assert float(train.current_learning_rate(opt_state)) < config.learning_rate
+
+
+def test_hog_model_follows_the_flip(small_fer2013):
+    config = configs.tiny_config(model="_tiny_hog")
+    faces = small_fer2013.train
+    extra = {"hog": np.random.default_rng(0).normal(size=(len(faces), 900)).astype(np.float32)}
+    extra["hog_flipped"] = -extra["hog"]
+    model = models.create(config.model)
+    state = train.create_train_state(jax.random.key(0), model, config, mean_image=preprocess.training_mean(faces.images),
+                                     steps_per_epoch=4, hog_dim=900)
+    batch = next(data.batches(faces, 8, extra=extra))
+    state, metrics = jax.jit(functools.partial(train.train_step, config=config))(state, batch, jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"]))
+    straight = train.predict_logits(state, batch)
+    mirrored = train.predict_logits(state, {**batch, "hog": batch["hog_flipped"]}, flip=True)
+    np.testing.assert_allclose(mirrored, train.predict_logits(state, batch, flip=True), atol=1e-5)
+    assert not np.allclose(straight, mirrored)
