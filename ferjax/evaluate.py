@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ferjax import data, train
+from ferjax import checkpoint, data, features, train
 
 TTA_MODES = ("none", "flip", "tencrop")
 
@@ -61,13 +61,43 @@ def predict_probs(state: train.TrainState, batch: dict, tta: str = "none", stand
     return probs
 
 
-def evaluate(states: Sequence[train.TrainState], split: data.Split, batch_size: int, *, tta: str = "none",
-             standardize: bool = False, extra: dict[str, np.ndarray] | None = None) -> dict:
-    """Metrics of one model, or an ensemble (averaged probabilities), on every sample of `split` once."""
+def predict_split(state: train.TrainState, split: data.Split, batch_size: int, *, tta: str = "none",
+                  standardize: bool = False, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Class probabilities [N, 7] for every sample of `split`, in order."""
+    probs = [np.asarray(predict_probs(state, batch, tta=tta, standardize=standardize))[batch["mask"] > 0]
+             for batch in data.batches(split, batch_size, extra=extra)]
+    return np.concatenate(probs)
+
+
+def metrics_from_probs(labels_N: np.ndarray, probs_NxK: np.ndarray) -> dict:
+    """Accuracy, per-class accuracy, macro-F1 and confusion matrix of the arg-max predictions."""
     confusion = np.zeros((data.NUM_CLASSES, data.NUM_CLASSES), np.int64)
-    for batch in data.batches(split, batch_size, extra=extra):
-        probs = sum(predict_probs(s, batch, tta=tta, standardize=standardize) for s in states) / len(states)
-        predicted = np.asarray(jnp.argmax(probs, -1))
-        real = batch["mask"] > 0
-        np.add.at(confusion, (batch["label"][real], predicted[real]), 1)
+    np.add.at(confusion, (labels_N, probs_NxK.argmax(-1)), 1)
     return metrics_from_confusion(confusion)
+
+
+def evaluate_checkpoints(paths: Sequence[str], dataset: data.FER2013, split: str = "test", *,
+                         tta: str = "none", batch_size: int = 500, limit: int | None = None) -> dict:
+    """Metrics of one checkpoint, or of an ensemble of several (averaged probabilities), on a split.
+
+    Each checkpoint brings its own preprocessing (training mean, standardisation, HOG parameters).
+
+    Raises:
+      CheckpointError: a path holds no readable checkpoint.
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f"--tta={tta!r}: choose one of {', '.join(TTA_MODES)}")
+    faces = data.stratified_subset(dataset.split(split), limit)
+    members, probs = [], []
+    for path in paths:
+        state, meta = checkpoint.load(path)
+        config = meta["config"]
+        extra = None
+        if meta.get("hog_dim"):
+            extra = features.cached_hog_pair(faces.images, config["hog_orientations"], config["hog_pixels_per_cell"],
+                                             config["hog_cells_per_block"])
+        probs.append(predict_split(state, faces, batch_size, tta=tta, standardize=config["standardize"], extra=extra))
+        members.append({"path": path, "model": config["model"], "commit": meta.get("commit"),
+                        "epoch": meta.get("epoch")})
+    results = metrics_from_probs(faces.labels, np.mean(probs, axis=0))
+    return {"split": split, "tta": tta, "members": members, **results}

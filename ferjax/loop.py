@@ -126,8 +126,11 @@ def _log_images(writer: SummaryWriter, state, batch, config: Config, step: int) 
 
 def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | None = None,
                        data_dir: str | None = None, resume: bool = False, command: str | None = None,
-                       log_every_steps: int = 50) -> dict:
+                       log_every_steps: int = 50, final_splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Trains `config` in `workdir` and returns the final metrics (also written to metrics.json).
+
+    The best checkpoint by validation accuracy is evaluated on `final_splits` at the end
+    (cross-validation folds pass ("val",): their test split is never looked at).
 
     Raises:
       ConfigError: a bad value, e.g. a batch larger than the training set.
@@ -233,31 +236,31 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                      epoch_seconds, val["loss"], val["accuracy"], best_val)
         writer.flush()
 
-    metrics = final_evaluation(config, workdir, inputs, history, meta, start_time, writer)
+    metrics = final_evaluation(config, workdir, inputs, history, meta, start_time, writer, final_splits)
     writer.close()
     return metrics
 
 
 def final_evaluation(config: Config, workdir: str, inputs: Inputs, history: list[dict], meta: dict,
-                     start_time: float, writer: SummaryWriter) -> dict:
-    """Evaluates the best checkpoint on val and test; writes metrics.json and the PNGs."""
+                     start_time: float, writer: SummaryWriter, final_splits: tuple[str, ...]) -> dict:
+    """Evaluates the best checkpoint on `final_splits`; writes metrics.json and the PNGs."""
     state, best_meta = checkpoint.load(workdir)
     results = {}
-    for split_name in ("val", "test"):
+    for split_name in final_splits:
         split = getattr(inputs, split_name)
-        for tta in ("none", "flip"):
-            key = split_name if tta == "none" else f"{split_name}_{tta}"
-            results[key] = evaluate.evaluate([state], split, config.eval_batch_size, tta=tta,
+        probs = {tta: evaluate.predict_split(state, split, config.eval_batch_size, tta=tta,
                                              standardize=config.standardize, extra=inputs.extras[split_name])
+                 for tta in ("none", "flip")}
+        results[split_name] = evaluate.metrics_from_probs(split.labels, probs["none"])
+        results[f"{split_name}_flip"] = evaluate.metrics_from_probs(split.labels, probs["flip"])
     wall = time.time() - start_time
     metrics = {
         "model": config.model,
         "params": int(sum(p.size for p in jax.tree.leaves(state.params))),
         "epochs": config.epochs,
         "best_epoch": best_meta.get("epoch"),
-        "val_accuracy": results["val"]["accuracy"],
-        "test_accuracy": results["test"]["accuracy"],
-        "test_accuracy_flip_tta": results["test_flip"]["accuracy"],
+        **{f"{k}_accuracy": results[k]["accuracy"] for k in final_splits},
+        **{f"{k}_accuracy_flip_tta": results[f"{k}_flip"]["accuracy"] for k in final_splits},
         **{f"{k}_metrics": v for k, v in results.items()},
         "wall_time_s": wall,
         "train_img_per_s": float(np.median([h["img_per_s"] for h in history])) if history else None,
@@ -271,14 +274,15 @@ def final_evaluation(config: Config, workdir: str, inputs: Inputs, history: list
         json.dump(metrics, f, indent=2)
     if history:
         plots.save_rgb(os.path.join(workdir, "history.png"), plots.figure_to_rgb(plots.history_figure(history)))
+    reported = final_splits[-1]  # test, or val for cross-validation folds
     confusion_rgb = plots.figure_to_rgb(plots.confusion_figure(
-        results["test"]["confusion_matrix"], f"{config.model}: test accuracy {results['test']['accuracy']:.2%}"))
+        results[reported]["confusion_matrix"],
+        f"{config.model}: {reported} accuracy {results[reported]['accuracy']:.2%}"))
     plots.save_rgb(os.path.join(workdir, "confusion_matrix.png"), confusion_rgb)
     step = history[-1]["step"] if history else 0
-    writer.image("test/confusion_matrix", confusion_rgb, step)
-    writer.scalars({"test/accuracy": results["test"]["accuracy"], "val/best_accuracy": results["val"]["accuracy"]},
-                   step)
-    log.info("best checkpoint (epoch %s): val %.4f, test %.4f, test with flip TTA %.4f; wrote %s",
-                 best_meta.get("epoch"), results["val"]["accuracy"], results["test"]["accuracy"],
-                 results["test_flip"]["accuracy"], os.path.join(workdir, "metrics.json"))
+    writer.image(f"{reported}/confusion_matrix", confusion_rgb, step)
+    writer.scalars({f"{k}/best_checkpoint_accuracy": results[k]["accuracy"] for k in final_splits}, step)
+    log.info("best checkpoint (epoch %s): %s; wrote %s", best_meta.get("epoch"),
+             ", ".join(f"{k} {results[k]['accuracy']:.4f} (flip TTA {results[k + '_flip']['accuracy']:.4f})"
+                       for k in final_splits), os.path.join(workdir, "metrics.json"))
     return metrics

@@ -1,0 +1,129 @@
+"""End to end on a few hundred real faces: train, resume, evaluate, k-fold, and the scripts' errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ferjax import checkpoint, configs, evaluate, kfold, loop
+from ferjax.configs import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_fer2013):
+    """One epoch of a tiny attention model: 320 train faces, batch 32 -> 10 steps."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = configs.tiny_config(model="_tiny_stn_deep", shift=2, epochs=1, batch_size=32)
+    metrics = loop.train_and_evaluate(config, workdir, dataset=small_fer2013, log_every_steps=5)
+    return workdir, config, metrics
+
+
+def test_run_writes_checkpoints_metrics_and_plots(trained):
+    workdir, _, metrics = trained
+    for name in ("metrics.json", "history.csv", "history.png", "confusion_matrix.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        saved = json.load(f)
+    assert saved["test_accuracy"] == metrics["test_accuracy"]
+    assert saved["test_metrics"]["count"] == 96 and saved["val_metrics"]["count"] == 96  # every face once
+    assert np.sum(saved["test_metrics"]["confusion_matrix"]) == 96
+    assert 0 <= saved["test_accuracy"] <= 1 and saved["best_epoch"] == 1
+    for key in ("val_accuracy", "test_accuracy_flip_tta", "macro_f1", "wall_time_s", "device", "commit", "command"):
+        assert key in saved or key in saved["test_metrics"]
+    state, meta = checkpoint.load(workdir)
+    assert int(state.step) == 10 and meta["config"]["model"] == "_tiny_stn_deep"
+    assert meta["class_names"][0] == "angry" and state.mean_image.shape == (48, 48)
+
+
+def test_event_files_read_back_with_tensorboard(trained):
+    workdir, _, _ = trained
+    events = EventAccumulator(workdir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/accuracy", "train/learning_rate", "train/img_per_s", "val/loss", "val/accuracy"):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10]
+    for tag in ("train/augmented_inputs", "stn/input_and_warped", "test/confusion_matrix"):
+        assert tag in tags["images"], tag
+    assert events.Images("stn/input_and_warped")[0].width > 48
+
+
+def test_resume_continues_at_the_saved_step(trained, small_fer2013, tmp_path):
+    workdir, config, _ = trained
+    resumed_dir = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(workdir, resumed_dir)
+    longer = configs.tiny_config(**{**config.__dict__, "epochs": 2})
+    with pytest.raises(ConfigError, match="holds checkpoints already; pass --resume"):
+        loop.train_and_evaluate(longer, str(resumed_dir), dataset=small_fer2013)
+    metrics = loop.train_and_evaluate(longer, str(resumed_dir), dataset=small_fer2013, resume=True)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert [h["step"] for h in metrics["history"]] == [10, 20]
+    state, _ = checkpoint.load(str(resumed_dir / "checkpoints" / "latest"))
+    assert int(state.step) == 20
+
+
+def test_non_finite_loss_stops_with_a_clear_error(small_fer2013, tmp_path):
+    config = configs.tiny_config(learning_rate=1e30, batch_size=32)
+    with pytest.raises(loop.TrainingError, match="non-finite loss at step"):
+        loop.train_and_evaluate(config, str(tmp_path), dataset=small_fer2013, log_every_steps=1)
+
+
+def test_evaluate_with_tta_and_ensembles(trained, small_fer2013):
+    workdir, _, metrics = trained
+    single = evaluate.evaluate_checkpoints([workdir], small_fer2013, "test")
+    assert single["accuracy"] == metrics["test_accuracy"]
+    flip = evaluate.evaluate_checkpoints([workdir], small_fer2013, "test", tta="flip")
+    assert flip["accuracy"] == metrics["test_accuracy_flip_tta"]
+    tencrop = evaluate.evaluate_checkpoints([workdir], small_fer2013, "test", tta="tencrop")
+    assert tencrop["count"] == 96
+    twice = evaluate.evaluate_checkpoints([workdir, workdir], small_fer2013, "test")
+    assert twice["accuracy"] == single["accuracy"] and len(twice["members"]) == 2
+    with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
+        evaluate.evaluate_checkpoints([workdir + "_missing"], small_fer2013)
+
+
+def test_kfold_search_and_resumability(small_fer2013, tmp_path):
+    grid = kfold.parse_grid("learning_rate=1e-3,3e-3")
+    assert grid == [{"learning_rate": 1e-3}, {"learning_rate": 3e-3}]
+    base = configs.tiny_config(batch_size=32, limit_train=120)
+    for c, k in kfold.tasks(grid, 2):
+        kfold.run_fold(base, grid[c], c, k, 2, small_fer2013, str(tmp_path))
+    rows = kfold.summarize(grid, 2, str(tmp_path))
+    assert [r["folds_done"] for r in rows] == [2, 2]
+    with open(tmp_path / "config00" / "fold0" / "metrics.json") as f:
+        fold_metrics = json.load(f)
+    assert fold_metrics["val_metrics"]["count"] == 60 and "test_accuracy" not in fold_metrics
+    stamp = os.path.getmtime(tmp_path / "config00" / "fold0" / "metrics.json")
+    kfold.run_fold(base, grid[0], 0, 0, 2, small_fer2013, str(tmp_path))  # finished: not rerun
+    assert os.path.getmtime(tmp_path / "config00" / "fold0" / "metrics.json") == stamp
+    csv_path, md_path = kfold.write_tables(rows, str(tmp_path))
+    assert "learning_rate=0.003" in open(md_path).read() and os.path.getsize(csv_path) > 0
+    assert kfold.best_overrides(rows, grid) in grid
+    with pytest.raises(ConfigError, match="--grid"):
+        kfold.parse_grid("learning_rat=1")
+    with pytest.raises(ConfigError, match="is not a float"):
+        kfold.parse_grid("learning_rate=fast")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model=vgg99"], "--model='vgg99': unknown model"),
+    (["--model=stn", "--learning_rate=-1"], "--learning_rate=-1.0: must be positive"),
+    (["--model=stn", "--limit_train=20", "--batch_size=64"], "--batch_size=64: larger than the 20 training faces"),
+    (["--model=stn", "--data_dir=/no/such/dir"], "FER2013 not found at /no/such/dir"),
+])
+def test_train_script_rejects_bad_input_in_one_line(args, message, tmp_path, fer2013_dir):
+    result = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={tmp_path}", *args],
+                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "FER2013_DIR": fer2013_dir},
+                            timeout=120)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
