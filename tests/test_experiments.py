@@ -127,3 +127,23 @@ def test_train_script_rejects_bad_input_in_one_line(args, message, tmp_path, fer
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_visualize_writes_non_empty_images(trained, small_fer2013, tmp_path):
+    from PIL import Image
+
+    from ferjax import visualize
+
+    workdir, _, _ = trained
+    state, _ = checkpoint.load(workdir)
+    faces = visualize.faces_per_class(small_fer2013.val, 1)
+    assert sorted(faces.labels.tolist()) == list(range(7))
+    written = visualize.write_all(state, faces, str(tmp_path / "vis"))
+    names = {os.path.basename(p) for p in written}
+    assert {"first_layer_filters.png", "attention.png", "saliency.png",
+            "feature_maps_convs_relu1_1.png", "feature_maps_convs_relu2_1.png"} <= names
+    for path in written:
+        pixels = np.asarray(Image.open(path).convert("L"))
+        assert pixels.shape[0] > 50 and pixels.std() > 5  # a real picture, not a blank canvas
+    saliency = visualize.saliency(state, faces.images, faces.labels)
+    assert saliency.shape == faces.images.shape and saliency.max() > 0

@@ -30,7 +30,7 @@ class ConvStack(nn.Module):
                 x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=name)(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{stage}_{block}")(x)
                 x = nn.relu(x)
-                self.sow("intermediates", name, x)
+                self.sow("intermediates", f"relu{stage}_{block}", x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         return x
 

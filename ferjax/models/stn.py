@@ -75,15 +75,15 @@ class DeepEmotion(nn.Module):
             return y
 
         x = nn.relu(conv(x, "conv1"))
-        self.sow("intermediates", "conv1", x)
+        self.sow("intermediates", "relu1", x)
         x = conv(x, "conv2")
         x = nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2)))
-        self.sow("intermediates", "conv2", x)
+        self.sow("intermediates", "relu2", x)
         x = nn.relu(conv(x, "conv3"))
-        self.sow("intermediates", "conv3", x)
+        self.sow("intermediates", "relu3", x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="bn")(conv(x, "conv4"))
         x = nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2)))
-        self.sow("intermediates", "conv4", x)
+        self.sow("intermediates", "relu4", x)
         if self.warp_at == "features":
             x = aux["warped"] = spatial.warp(x, theta_Bx2x3)
         x = nn.Dropout(self.dropout, deterministic=not train)(x.reshape(x.shape[0], -1))

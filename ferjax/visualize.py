@@ -1,0 +1,122 @@
+"""What the network learned, as in the paper: feature maps, first-layer filters, attention, saliency.
+
+Everything reads the model's own outputs: the activations it sows into 'intermediates', the
+warped faces it returns in aux, and gradients of its logits; no forward pass is re-implemented.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ferjax import data, plots, train
+
+
+def faces_per_class(split: data.Split, count: int, seed: int = 0) -> data.Split:
+    """`count` faces of each class (fewer where a class has fewer), grouped by class."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(split.labels == c))[:count] for c in range(data.NUM_CLASSES)]
+    return split.subset(np.concatenate(picks))
+
+
+def _apply(state: train.TrainState, images_BxHxW, standardize: bool, hog=None, capture: bool = False):
+    kwargs = {"hog": hog} if hog is not None else {}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    x = train.model_inputs(state, jnp.asarray(images_BxHxW, jnp.float32), standardize)
+    if capture:
+        return state.apply_fn(variables, x, train=False, mutable=["intermediates"], **kwargs)
+    return state.apply_fn(variables, x, train=False, **kwargs)
+
+
+def feature_maps(state: train.TrainState, images_BxHxW, standardize: bool = False, hog=None) -> dict[str, np.ndarray]:
+    """Activations of every conv layer, name -> BxHxWxC, in network order."""
+    _, captured = _apply(state, images_BxHxW, standardize, hog, capture=True)
+    maps = {}
+    for path, value in jax.tree_util.tree_flatten_with_path(captured["intermediates"])[0]:
+        name = "/".join(str(getattr(k, "key", k)) for k in path[:-1])  # drop the sow tuple index
+        maps[name] = np.asarray(value)
+    return maps
+
+
+def first_layer_filters(params) -> tuple[str, np.ndarray]:
+    """The first conv kernel that sees the image (the feature extractor's, not the localisation net's)."""
+    kernels = [(("/".join(str(getattr(k, "key", k)) for k in path)), np.asarray(leaf))
+               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+               if getattr(path[-1], "key", None) == "kernel" and leaf.ndim == 4 and leaf.shape[2] == 1]
+    kernels.sort(key=lambda item: "stn_loc" in item[0])
+    name, kernel_HxWx1xC = kernels[0]
+    return name, np.moveaxis(kernel_HxWx1xC[:, :, 0, :], -1, 0)
+
+
+def saliency(state: train.TrainState, images_BxHxW, labels_B, standardize: bool = False, hog=None) -> np.ndarray:
+    """|d logit_true / d pixel| per face (gradient saliency), BxHxW."""
+    def true_logit_sum(images):
+        logits, _ = _apply(state, images, standardize, hog)
+        return jnp.sum(jnp.take_along_axis(logits, jnp.asarray(labels_B)[:, None], axis=1))
+
+    return np.abs(np.asarray(jax.grad(true_logit_sum)(jnp.asarray(images_BxHxW, jnp.float32))))
+
+
+def _save(fig, path: str) -> str:
+    plots.save_rgb(path, plots.figure_to_rgb(fig))
+    return path
+
+
+def write_all(state: train.TrainState, faces: data.Split, output_dir: str, *, standardize: bool = False,
+              hog=None, channels: int = 8) -> list[str]:
+    """Writes every visualisation PNG for `faces` into output_dir; returns the paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    names = [data.CLASS_NAMES[label] for label in faces.labels]
+
+    for layer, maps in feature_maps(state, faces.images, standardize, hog).items():
+        shown = min(channels, maps.shape[-1])
+        fig, axes = plt.subplots(len(faces), shown + 1, figsize=(1.2 * (shown + 1), 1.2 * len(faces)), squeeze=False)
+        for i in range(len(faces)):
+            axes[i, 0].imshow(faces.images[i], cmap="gray")
+            axes[i, 0].set_ylabel(names[i], fontsize=7)
+            for c in range(shown):
+                axes[i, c + 1].imshow(maps[i, :, :, c], cmap="viridis")
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle(f"feature maps of {layer} (first {shown} channels)")
+        written.append(_save(fig, os.path.join(output_dir, f"feature_maps_{layer.replace('/', '_')}.png")))
+
+    layer, filters = first_layer_filters(state.params)
+    fig, ax = plt.subplots(figsize=(8, 2 + len(filters) // 16))
+    ax.imshow(plots.image_grid(filters, columns=16), cmap="gray")
+    ax.set_axis_off()
+    ax.set_title(f"first-layer filters ({layer})")
+    written.append(_save(fig, os.path.join(output_dir, "first_layer_filters.png")))
+
+    _, aux = _apply(state, faces.images, standardize, hog)
+    if "warped" in aux and aux["warped"].shape[1:3] == faces.images.shape[1:3]:
+        fig, axes = plt.subplots(2, len(faces), figsize=(1.2 * len(faces), 2.8), squeeze=False)
+        for i in range(len(faces)):
+            axes[0, i].imshow(faces.images[i], cmap="gray")
+            axes[1, i].imshow(np.asarray(aux["warped"][i, :, :, 0]), cmap="gray")
+            axes[0, i].set_title(names[i], fontsize=7)
+        for ax in axes.flat:
+            ax.set_axis_off()
+        fig.suptitle("input (top) and what the spatial transformer attends to (bottom)")
+        written.append(_save(fig, os.path.join(output_dir, "attention.png")))
+
+    maps = saliency(state, faces.images, faces.labels, standardize, hog)
+    classes = [c for c in range(data.NUM_CLASSES) if np.any(faces.labels == c)]
+    fig, axes = plt.subplots(2, len(classes), figsize=(1.6 * len(classes), 3.4), squeeze=False)
+    for j, c in enumerate(classes):
+        members = faces.labels == c
+        axes[0, j].imshow(faces.images[members].mean(0), cmap="gray")
+        axes[0, j].set_title(data.CLASS_NAMES[c], fontsize=8)
+        axes[1, j].imshow(faces.images[members].mean(0), cmap="gray")
+        axes[1, j].imshow(maps[members].mean(0), cmap="jet", alpha=0.5)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.suptitle("gradient saliency of the true class: which face regions drive each emotion")
+    written.append(_save(fig, os.path.join(output_dir, "saliency.png")))
+    return written
