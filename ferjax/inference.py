@@ -1,0 +1,228 @@
+"""Emotions of the faces in real photos: detect, preprocess as the paper does, classify.
+
+    import ferjax
+    faces = ferjax.predict(rgb_array)   # [{'box': [x, y, w, h], 'emotion': 'happy', 'probs': {...}}]
+
+Faces are found with scikit-image's bundled LBP frontal-face cascade (nothing is downloaded).
+Each face crop then goes through the paper's preprocessing: luminosity grayscale, anti-aliased
+resize to 48x48, saturation (an identity for luminosity grayscale, see `preprocess`), and the
+training-mean subtraction stored with the model. Without a checkpoint, the model bundled in
+`ferjax/assets/` is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ferjax import checkpoint, data, models, preprocess, train
+from ferjax.configs import Config
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+DEFAULT_MODEL = os.path.join(ASSETS, "default_model")  # .msgpack weights + .json meta
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class PredictError(Exception):
+    """One input that cannot be processed; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def export_model(state: train.TrainState, meta: dict, path: str) -> tuple[str, str]:
+    """Writes the inference part of a state (weights in float16, BN statistics, mean face) and its meta.
+
+    Returns the (weights, meta) file paths: `path`.msgpack and `path`.json.
+    """
+    half = jax.tree.map(lambda x: np.asarray(x, np.float16), {"params": state.params,
+                                                               "batch_stats": state.batch_stats})
+    payload = {**half, "mean_image": np.asarray(state.mean_image, np.float32)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".msgpack", "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(payload))
+    with open(path + ".json", "w") as f:
+        json.dump(meta, f, indent=2)
+    return path + ".msgpack", path + ".json"
+
+
+def _load_exported(path: str) -> tuple[train.TrainState, dict]:
+    try:
+        with open(path + ".json") as f:
+            meta = json.load(f)
+        with open(path + ".msgpack", "rb") as f:
+            payload = flax.serialization.msgpack_restore(f.read())
+        config = Config.from_dict(meta["config"])
+    except (OSError, ValueError, KeyError) as e:
+        raise checkpoint.CheckpointError(f"{path}: unreadable exported model ({type(e).__name__}: {e})") from None
+    model = models.create(config.model, **config.model_kwargs())
+    as_float32 = functools.partial(jax.tree.map, lambda x: jnp.asarray(x, jnp.float32))
+    state = train.TrainState(step=0, apply_fn=model.apply, params=as_float32(payload["params"]), tx=None,
+                             opt_state=None, batch_stats=as_float32(payload["batch_stats"]),
+                             mean_image=jnp.asarray(payload["mean_image"]),
+                             class_weights=jnp.ones(data.NUM_CLASSES))
+    return state, meta
+
+
+def load_model(path: str | None = None) -> tuple[train.TrainState, dict]:
+    """A training workdir or checkpoint folder, an exported model (path without suffix), or the bundled one."""
+    path = path or DEFAULT_MODEL
+    if os.path.exists(path + ".msgpack"):
+        return _load_exported(path)
+    if path == DEFAULT_MODEL:
+        raise checkpoint.CheckpointError(f"{path}.msgpack: the bundled model is missing; pass --checkpoint")
+    return checkpoint.load(path)
+
+
+class Predictor:
+    """A loaded model with its preprocessing; call `predict` on images (HxW or HxWx3 arrays)."""
+
+    def __init__(self, path: str | None = None, *, min_face_fraction: float = 0.1):
+        self.state, self.meta = load_model(path)
+        self.config = Config.from_dict(self.meta["config"])
+        if self.meta.get("hog_dim"):
+            raise checkpoint.CheckpointError(f"{path}: HOG fusion models are not supported for photos yet")
+        self.class_names = tuple(self.meta.get("class_names", data.CLASS_NAMES))
+        self.min_face_fraction = min_face_fraction
+        self._probs = jax.jit(lambda state, faces: jax.nn.softmax(
+            train.predict_logits(state, {"image": faces}, standardize=self.config.standardize)))
+
+    def classify(self, faces_Nx48x48: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, 7] of already-cropped 48x48 faces (uint8 or [0, 255] floats)."""
+        faces = np.asarray(faces_Nx48x48, np.float32)
+        return np.asarray(self._probs(self.state, faces))
+
+    def predict(self, image: np.ndarray, *, detect: bool = True) -> list[dict]:
+        """Per face: its box [x, y, w, h], the most likely emotion and all seven probabilities.
+
+        With detect=False the whole image is treated as one face.
+        """
+        gray = to_gray(image)
+        boxes = detect_faces(gray, self.min_face_fraction) if detect else [(0, 0, gray.shape[1], gray.shape[0])]
+        if not boxes:
+            return []
+        crops = np.stack([preprocess.to_face(gray[y:y + h, x:x + w], data.IMAGE_SIZE) for x, y, w, h in boxes])
+        return [{"box": [int(v) for v in box], "emotion": self.class_names[int(p.argmax())],
+                 "probs": {name: round(float(q), 4) for name, q in zip(self.class_names, p)}}
+                for box, p in zip(boxes, self.classify(crops))]
+
+
+@functools.lru_cache(maxsize=1)
+def default_predictor() -> Predictor:
+    return Predictor()
+
+
+def predict(image: np.ndarray, *, detect: bool = True) -> list[dict]:
+    """Faces and emotions in one image array, with the bundled model. See `Predictor.predict`."""
+    return default_predictor().predict(image, detect=detect)
+
+
+# ----------------------------------------------------------------------------- images and faces
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Luminosity grayscale in [0, 255], float32 HxW, of a gray, RGB or RGBA array."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        return preprocess.rgb_to_grayscale(image[..., :3])
+    if image.ndim == 3 and image.shape[-1] in (1, 2):
+        return image[..., 0].astype(np.float32)
+    if image.ndim == 2:
+        return image.astype(np.float32)
+    raise PredictError(f"expected a gray or colour image, got an array of shape {image.shape}")
+
+
+@functools.lru_cache(maxsize=1)
+def _cascade():
+    from skimage import data as skdata
+    from skimage.feature import Cascade
+
+    return Cascade(skdata.lbp_frontal_face_cascade_filename())
+
+
+def _overlap(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    inter = max(0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0, min(ay + ah, by + bh) - max(ay, by))
+    return inter / min(aw * ah, bw * bh)
+
+
+def detect_faces(gray_HxW: np.ndarray, min_face_fraction: float = 0.1) -> list[tuple[int, int, int, int]]:
+    """Frontal faces as (x, y, w, h) boxes, largest first.
+
+    Faces smaller than `min_face_fraction` of the image's shorter side are ignored: the LBP
+    cascade's false alarms are mostly small. Boxes mostly inside a larger one are dropped.
+    """
+    height, width = gray_HxW.shape
+    smallest = max(24, int(min(height, width) * min_face_fraction))
+    found = _cascade().detect_multi_scale(img=np.asarray(gray_HxW, np.float32) / 255.0, scale_factor=1.1,
+                                          step_ratio=1, min_size=(smallest, smallest),
+                                          max_size=(min(height, width),) * 2, min_neighbor_number=8)
+    boxes = sorted(((d["c"], d["r"], d["width"], d["height"]) for d in found), key=lambda b: -b[2] * b[3])
+    kept = []
+    for box in boxes:
+        if all(_overlap(box, other) < 0.5 for other in kept):
+            kept.append(box)
+    return kept
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decodes an image file to an array, refusing non-images, truncated files and absurd sizes."""
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise PredictError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise PredictError(f"{path}: image too large ({image.width}x{image.height}; "
+                                   f"limit {MAX_PIXELS // 1_000_000} megapixels)")
+            image.load()
+            if image.mode not in ("L", "RGB", "RGBA", "LA"):
+                image = image.convert("RGB")
+            return np.asarray(image)
+    except PredictError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt or non-image files
+        raise PredictError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files, folders (their images, sorted) and glob patterns -> file paths, in order.
+
+    A pattern that matches nothing is kept, so that it is reported as missing.
+    """
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            paths += sorted(os.path.join(pattern, f) for f in os.listdir(pattern) if f.lower().endswith(IMAGE_SUFFIXES))
+        elif any(ch in pattern for ch in "*?["):
+            paths += sorted(glob.glob(pattern, recursive=True)) or [pattern]
+        else:
+            paths.append(pattern)
+    return paths
+
+
+def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
+    """A colour copy of the image with a box and label drawn for every face."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    thickness = max(2, min(canvas.size) // 200)
+    for face in faces:
+        x, y, w, h = face["box"]
+        draw.rectangle([x, y, x + w, y + h], outline=(255, 215, 0), width=thickness)
+        label = f"{face['emotion']} {face['probs'][face['emotion']]:.0%}"
+        left, top, right, bottom = draw.textbbox((x, y), label)
+        draw.rectangle([x, y - (bottom - top) - 4, x + (right - left) + 4, y], fill=(255, 215, 0))
+        draw.text((x + 2, y - (bottom - top) - 3), label, fill=(0, 0, 0))
+    return np.asarray(canvas)
