@@ -7,7 +7,7 @@ import inspect
 
 from absl import flags
 
-from ferjax.configs import Config
+from ferjax.configs import Config, base_type
 
 
 def _field_help(name: str) -> str:
@@ -18,21 +18,21 @@ def _field_help(name: str) -> str:
     return name
 
 
-def define_config_flags() -> None:
+def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines --<field> for every Config field, with the field's default and comment as help."""
     for field in dataclasses.fields(Config):
         help_text = _field_help(field.name)
-        kind = field.type  # a string: configs.py uses postponed annotations
+        kind = base_type(field)
         if field.name == "widths":
-            flags.DEFINE_list(field.name, None, help_text)
+            flags.DEFINE_list(field.name, None, help_text, flag_values=flag_values)
         elif kind == "bool":
-            flags.DEFINE_bool(field.name, field.default, help_text)
-        elif kind in ("int", "Optional[int]"):
-            flags.DEFINE_integer(field.name, field.default, help_text)
-        elif kind in ("float", "Optional[float]"):
-            flags.DEFINE_float(field.name, field.default, help_text)
+            flags.DEFINE_bool(field.name, field.default, help_text, flag_values=flag_values)
+        elif kind == "int":
+            flags.DEFINE_integer(field.name, field.default, help_text, flag_values=flag_values)
+        elif kind == "float":
+            flags.DEFINE_float(field.name, field.default, help_text, flag_values=flag_values)
         else:
-            flags.DEFINE_string(field.name, field.default, help_text)
+            flags.DEFINE_string(field.name, field.default, help_text, flag_values=flag_values)
 
 
 def config_from_flags(flag_values=flags.FLAGS) -> Config:
@@ -50,8 +50,10 @@ def config_from_flags(flag_values=flags.FLAGS) -> Config:
 
 
 def quiet_libraries() -> None:
-    """Keeps the console to ferjax's progress: libraries logging through absl (orbax) only warn."""
+    """Keeps the console to ferjax's progress (from process 0): libraries logging through absl (orbax) only warn."""
     import logging
 
+    import jax
+
     logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("ferjax").setLevel(logging.INFO)
+    logging.getLogger("ferjax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)

@@ -9,7 +9,7 @@ import sys
 from absl import app, flags, logging
 
 from experiments.flags import config_from_flags, define_config_flags, quiet_libraries
-from ferjax import checkpoint, data, loop
+from ferjax import checkpoint, data, loop, parallel
 from ferjax.configs import ConfigError
 
 define_config_flags()
@@ -17,12 +17,16 @@ flags.DEFINE_string("data_dir", None, f"FER2013 folder or CSV (default: ${data.D
 flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard events and metrics go (default: runs/<model>)")
 flags.DEFINE_bool("resume", False, "continue from the latest checkpoint in --workdir")
 flags.DEFINE_integer("log_every_steps", 50, "console and TensorBoard logging interval, in steps")
+flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0 (else auto-detected)")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     quiet_libraries()
     try:
         config = config_from_flags().validate()

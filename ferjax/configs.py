@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Optional
 
 from ferjax import models
 
@@ -25,9 +24,9 @@ class ConfigError(ValueError):
 class Config:
     # Model.
     model: str = "stn"  # a name from ferjax.models
-    dropout: Optional[float] = None  # dropout rate; None keeps the model's default
+    dropout: float | None = None  # dropout rate; None keeps the model's default
     warp_at: str = "input"  # stn only: warp the 'input' image or the last conv 'features'
-    widths: Optional[tuple[int, ...]] = None  # CNN families: channels per stage; None keeps the default
+    widths: tuple[int, ...] | None = None  # CNN families: channels per stage; None keeps the default
     # Input pipeline.
     standardize: bool = False  # per-image standardisation after training-mean subtraction
     flip: bool = True  # random horizontal flip (the paper's augmentation)
@@ -38,8 +37,8 @@ class Config:
     hog_orientations: int = 9  # HOG model: orientation bins
     hog_pixels_per_cell: int = 8  # HOG model: cell size in pixels
     hog_cells_per_block: int = 2  # HOG model: block size in cells
-    limit_train: Optional[int] = None  # use a stratified subset of this many training faces
-    limit_eval: Optional[int] = None  # use stratified subsets of this many val / test faces
+    limit_train: int | None = None  # use a stratified subset of this many training faces
+    limit_eval: int | None = None  # use stratified subsets of this many val / test faces
     # Optimisation.
     epochs: int = 30  # passes over the training split
     batch_size: int = 64  # training batch size
@@ -69,7 +68,7 @@ class Config:
             kwargs["widths"] = tuple(self.widths)
         return kwargs
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Checks every field; returns self.
 
         Raises:
@@ -102,7 +101,8 @@ class Config:
         for flag in ("l2", "weight_decay", "grad_clip"):
             check(getattr(self, flag) >= 0, flag, "must be >= 0")
         check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
-        check(self.class_weighting in CLASS_WEIGHTINGS, "class_weighting", f"choose one of {', '.join(CLASS_WEIGHTINGS)}")
+        check(self.class_weighting in CLASS_WEIGHTINGS, "class_weighting",
+              f"choose one of {', '.join(CLASS_WEIGHTINGS)}")
         try:
             models.create(self.model, **self.model_kwargs())
         except ValueError as e:
@@ -113,7 +113,7 @@ class Config:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, fields: dict) -> "Config":
+    def from_dict(cls, fields: dict) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(fields) - known
         if unknown:
@@ -121,6 +121,11 @@ class Config:
         if fields.get("widths") is not None:
             fields = {**fields, "widths": tuple(fields["widths"])}
         return cls(**fields)
+
+
+def base_type(field: dataclasses.Field) -> str:
+    """A field's type name without ' | None' (annotations are strings here: postponed evaluation)."""
+    return str(field.type).removesuffix(" | None")
 
 
 def get_config(model: str = "stn", **overrides) -> Config:

@@ -24,8 +24,8 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: np.ndarray) -> "Split":
+    def subset(self, index: np.ndarray) -> Split:
         return Split(self.images[index], self.labels[index], self.sources[index])
 
     def class_counts(self) -> np.ndarray:
@@ -290,7 +290,8 @@ def _save_cache(file: str, dataset: FER2013) -> None:
     arrays = {}
     for name in SPLITS:
         split = dataset.split(name)
-        arrays.update({f"{name}_images": split.images, f"{name}_labels": split.labels, f"{name}_sources": split.sources})
+        arrays.update({f"{name}_images": split.images, f"{name}_labels": split.labels,
+                       f"{name}_sources": split.sources})
     arrays["skipped"] = np.array(dataset.skipped, dtype=str)
     save_npz_atomic(file, arrays)
 
@@ -433,7 +434,8 @@ def format_counts(dataset: FER2013) -> str:
 def main(argv: Sequence[str]) -> int:
     """The data check: per-split, per-class counts and the load time."""
     parser = argparse.ArgumentParser(prog="python -m ferjax.data", description="Check FER2013 and print its counts.")
-    parser.add_argument("--data_dir", default=None, help=f"FER2013 folder or CSV (default: ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR})")
+    parser.add_argument("--data_dir", default=None,
+                        help=f"FER2013 folder or CSV (default: ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR})")
     parser.add_argument("--skip_bad", action="store_true", help="skip and list bad samples instead of failing")
     parser.add_argument("--no_cache", action="store_true", help="decode the source again, ignoring the cache")
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ Test-time augmentation (flip, ten-crop) and ensembles average class probabilitie
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

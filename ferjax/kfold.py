@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from ferjax import data, loop
-from ferjax.configs import Config, ConfigError
+from ferjax.configs import Config, ConfigError, base_type
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def parse_grid(spec: str) -> list[dict]:
         name = name.strip()
         if name not in fields or not values:
             raise ConfigError(f"--grid: {part!r} is not field=value,value (unknown field or no values)")
-        axes.append([(name, _convert(fields[name].type, v.strip(), name)) for v in values.split(",")])
+        axes.append([(name, _convert(base_type(fields[name]), v.strip(), name)) for v in values.split(",")])
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
@@ -48,9 +48,9 @@ def _convert(kind: str, value: str, name: str):
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(value)
             return value.lower() in ("true", "1")
-        if kind in ("int", "Optional[int]"):
+        if kind == "int":
             return int(value)
-        if kind in ("float", "Optional[float]"):
+        if kind == "float":
             return float(value)
     except ValueError:
         raise ConfigError(f"--grid: {name}={value!r} is not a {kind}") from None

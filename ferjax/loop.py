@@ -22,10 +22,9 @@ import time
 import jax
 import numpy as np
 
-from ferjax import checkpoint, data, evaluate, features, models, plots, preprocess, train
+from ferjax import checkpoint, data, evaluate, features, models, parallel, plots, preprocess, train
 from ferjax.configs import Config, ConfigError
 from ferjax.summary import SummaryWriter
-
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,8 @@ def git_commit() -> str:
 def device_description() -> str:
     device = jax.devices()[0]
     if device.platform == "cpu":
-        return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} ({jax.device_count()} JAX device)"
+        return (f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} cores "
+                f"({jax.device_count()} JAX device{'s' if jax.device_count() > 1 else ''})")
     return f"{jax.device_count()}x {device.device_kind}"
 
 
@@ -101,14 +101,16 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _evaluate_totals(eval_fn, state, split, batch_size, extra) -> dict:
+def _evaluate_totals(eval_fn, state, split: data.Split, batch_size: int, extra, mesh) -> dict:
+    """Loss, accuracy and confusion matrix over every face of `split` once, summed across devices."""
+    rows = parallel.local_rows(batch_size)
     totals = None
     for batch in data.batches(split, batch_size, extra=extra):
-        sums = eval_fn(state, batch)
+        sums = eval_fn(state, parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]), "accuracy": float(totals["correct"] / totals["count"]),
-            "confusion": totals["confusion"]}
+            "confusion": np.asarray(totals["confusion"])}
 
 
 def _log_images(writer: SummaryWriter, state, batch, config: Config, step: int) -> None:
@@ -129,7 +131,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                        log_every_steps: int = 50, final_splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Trains `config` in `workdir` and returns the final metrics (also written to metrics.json).
 
-    The best checkpoint by validation accuracy is evaluated on `final_splits` at the end
+    Runs data-parallel over every device of every process (`ferjax.parallel`). The best
+    checkpoint by validation accuracy is evaluated on `final_splits` at the end
     (cross-validation folds pass ("val",): their test split is never looked at).
 
     Raises:
@@ -140,6 +143,10 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     config.validate()
     start_time = time.time()
     os.makedirs(workdir, exist_ok=True)
+    mesh = parallel.data_mesh()
+    for flag in ("batch_size", "eval_batch_size"):
+        if getattr(config, flag) % mesh.size:
+            raise ConfigError(f"--{flag}={getattr(config, flag)}: must be divisible by the {mesh.size} devices")
     model = models.create(config.model, **config.model_kwargs())
     dataset = dataset or data.load(data_dir)
     inputs = prepare_inputs(config, dataset, model.needs_hog)
@@ -147,10 +154,10 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     total_steps = config.epochs * steps_per_epoch
 
     init_key, loop_key = jax.random.split(jax.random.key(config.seed))
-    mean_image = preprocess.training_mean(inputs.train.images)
-    state = train.create_train_state(
-        init_key, model, config, mean_image=mean_image, steps_per_epoch=steps_per_epoch,
-        weights=train.class_weights(inputs.train.labels, config.class_weighting), hog_dim=inputs.hog_dim)
+    state = parallel.replicate(train.create_train_state(
+        init_key, model, config, mean_image=preprocess.training_mean(inputs.train.images),
+        steps_per_epoch=steps_per_epoch, weights=train.class_weights(inputs.train.labels, config.class_weighting),
+        hog_dim=inputs.hog_dim), mesh)
     meta = {
         "config": dataclasses.asdict(config),
         "class_names": list(data.CLASS_NAMES),
@@ -171,19 +178,21 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     elif latest.latest_step() is not None:
         raise ConfigError(f"--workdir={workdir}: holds checkpoints already; pass --resume or choose a new workdir")
 
-    train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize))
-    writer = SummaryWriter(workdir)
+    replicated = parallel.replicated(mesh)
+    train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0,
+                       out_shardings=(replicated, replicated))
+    eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize), out_shardings=replicated)
+    writer = SummaryWriter(workdir, enabled=parallel.is_logging_process())
     if int(state.step) == 0:
         writer.text("config", "\n".join(f"    {k} = {v}" for k, v in dataclasses.asdict(config).items()), 0)
 
+    rows = parallel.local_rows(config.batch_size)
     best_val = max([h["val_accuracy"] for h in history], default=-1.0)
-    first_epoch = int(state.step) // steps_per_epoch
     steps_done_here, clock = 0, time.time()
-    log.info("%s: %d params, %d train / %d val / %d test faces, %d steps per epoch, on %s",
-                 config.model, sum(p.size for p in jax.tree.leaves(state.params)), len(inputs.train),
-                 len(inputs.val), len(inputs.test), steps_per_epoch, device_description())
-    for epoch in range(first_epoch, config.epochs):
+    log.info("%s: %d params, %d train / %d val / %d test faces, %d steps per epoch, on %s", config.model,
+             sum(p.size for p in jax.tree.leaves(state.params)), len(inputs.train), len(inputs.val), len(inputs.test),
+             steps_per_epoch, device_description())
+    for epoch in range(int(state.step) // steps_per_epoch, config.epochs):
         epoch_start = time.time()
         sums, seen = {"loss": 0.0, "accuracy": 0.0}, 0
         last_log, last_log_step = time.time(), int(state.step)
@@ -191,9 +200,10 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                                extra=inputs.extras["train"])
         for batch in batches:
             step = int(state.step)
-            if step == 0:
+            if step == 0 and jax.process_count() == 1:
                 _log_images(writer, state, batch, config, step)
-            state, metrics = train_fn(state, batch, jax.random.fold_in(loop_key, step))
+            local = {k: v[rows] for k, v in batch.items()}
+            state, metrics = train_fn(state, parallel.shard_batch(local, mesh), jax.random.fold_in(loop_key, step))
             steps_done_here += 1
             if (step + 1) % log_every_steps == 0 or (step + 1) % steps_per_epoch == 0:
                 metrics = jax.device_get(metrics)
@@ -205,8 +215,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                 images_per_s = (step + 1 - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
                 eta = (total_steps - step - 1) * (now - clock) / steps_done_here
                 log.info("epoch %d/%d step %d/%d loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s",
-                             epoch + 1, config.epochs, step + 1, total_steps, metrics["loss"], metrics["accuracy"],
-                             metrics["learning_rate"], images_per_s, _format_eta(eta))
+                         epoch + 1, config.epochs, step + 1, total_steps, metrics["loss"], metrics["accuracy"],
+                         metrics["learning_rate"], images_per_s, _format_eta(eta))
                 writer.scalars({"train/loss": metrics["loss"], "train/accuracy": metrics["accuracy"],
                                 "train/learning_rate": metrics["learning_rate"], "train/img_per_s": images_per_s},
                                step + 1)
@@ -216,16 +226,16 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                 last_log, last_log_step = now, step + 1
 
         step = int(state.step)
-        val = _evaluate_totals(eval_fn, state, inputs.val, config.eval_batch_size, inputs.extras["val"])
+        val = _evaluate_totals(eval_fn, state, inputs.val, config.eval_batch_size, inputs.extras["val"], mesh)
         epoch_seconds = time.time() - epoch_start
         record = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(seen, 1),
                   "train_accuracy": sums["accuracy"] / max(seen, 1), "val_loss": val["loss"],
                   "val_accuracy": val["accuracy"], "learning_rate": float(metrics["learning_rate"]),
                   "img_per_s": steps_per_epoch * config.batch_size / epoch_seconds,
                   "wall_time": time.time() - start_time}
-        record = {k: v if k in ("epoch", "step") else float(v) for k, v in record.items()}
-        history.append(record)
-        _write_history(history_path, history)
+        history.append({k: v if k in ("epoch", "step") else float(v) for k, v in record.items()})
+        if parallel.is_logging_process():
+            _write_history(history_path, history)
         writer.scalars({"val/loss": val["loss"], "val/accuracy": val["accuracy"],
                         "epoch/img_per_s": record["img_per_s"]}, step)
         checkpoint.save(latest, step, state, {**meta, "epoch": epoch + 1})
@@ -233,36 +243,29 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
             best_val = val["accuracy"]
             checkpoint.save(best, step, state, {**meta, "epoch": epoch + 1}, {"val_accuracy": val["accuracy"]})
         log.info("epoch %d/%d done in %.0f s: val loss %.4f val acc %.4f (best %.4f)", epoch + 1, config.epochs,
-                     epoch_seconds, val["loss"], val["accuracy"], best_val)
+                 epoch_seconds, val["loss"], val["accuracy"], best_val)
         writer.flush()
 
-    metrics = final_evaluation(config, workdir, inputs, history, meta, start_time, writer, final_splits)
-    writer.close()
-    return metrics
-
-
-def final_evaluation(config: Config, workdir: str, inputs: Inputs, history: list[dict], meta: dict,
-                     start_time: float, writer: SummaryWriter, final_splits: tuple[str, ...]) -> dict:
-    """Evaluates the best checkpoint on `final_splits`; writes metrics.json and the PNGs."""
-    state, best_meta = checkpoint.load(workdir)
+    # The best checkpoint, restored into the live (sharded) state.
+    best_step = best.latest_step()
+    state = checkpoint.restore_state(best, best_step, state)
     results = {}
     for split_name in final_splits:
-        split = getattr(inputs, split_name)
-        probs = {tta: evaluate.predict_split(state, split, config.eval_batch_size, tta=tta,
-                                             standardize=config.standardize, extra=inputs.extras[split_name])
-                 for tta in ("none", "flip")}
-        results[split_name] = evaluate.metrics_from_probs(split.labels, probs["none"])
-        results[f"{split_name}_flip"] = evaluate.metrics_from_probs(split.labels, probs["flip"])
-    wall = time.time() - start_time
+        for flip in (False, True):
+            eval_flip = jax.jit(functools.partial(train.eval_step, standardize=config.standardize, flip_tta=flip),
+                                out_shardings=replicated)
+            totals = _evaluate_totals(eval_flip, state, getattr(inputs, split_name), config.eval_batch_size,
+                                      inputs.extras[split_name], mesh)
+            results[split_name + ("_flip" if flip else "")] = evaluate.metrics_from_confusion(totals["confusion"])
     metrics = {
         "model": config.model,
         "params": int(sum(p.size for p in jax.tree.leaves(state.params))),
         "epochs": config.epochs,
-        "best_epoch": best_meta.get("epoch"),
+        "best_epoch": checkpoint.read_meta(best, best_step).get("epoch"),
         **{f"{k}_accuracy": results[k]["accuracy"] for k in final_splits},
         **{f"{k}_accuracy_flip_tta": results[f"{k}_flip"]["accuracy"] for k in final_splits},
         **{f"{k}_metrics": v for k, v in results.items()},
-        "wall_time_s": wall,
+        "wall_time_s": time.time() - start_time,
         "train_img_per_s": float(np.median([h["img_per_s"] for h in history])) if history else None,
         "device": device_description(),
         "commit": meta["commit"],
@@ -270,19 +273,27 @@ def final_evaluation(config: Config, workdir: str, inputs: Inputs, history: list
         "config": meta["config"],
         "history": history,
     }
+    if parallel.is_logging_process():
+        write_reports(workdir, metrics, results, final_splits[-1], writer)
+    writer.close()
+    return metrics
+
+
+def write_reports(workdir: str, metrics: dict, results: dict, reported: str, writer: SummaryWriter) -> None:
+    """metrics.json, history and confusion-matrix PNGs, and the final TensorBoard entries."""
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
+    history = metrics["history"]
     if history:
         plots.save_rgb(os.path.join(workdir, "history.png"), plots.figure_to_rgb(plots.history_figure(history)))
-    reported = final_splits[-1]  # test, or val for cross-validation folds
     confusion_rgb = plots.figure_to_rgb(plots.confusion_figure(
         results[reported]["confusion_matrix"],
-        f"{config.model}: {reported} accuracy {results[reported]['accuracy']:.2%}"))
+        f"{metrics['model']}: {reported} accuracy {results[reported]['accuracy']:.2%}"))
     plots.save_rgb(os.path.join(workdir, "confusion_matrix.png"), confusion_rgb)
     step = history[-1]["step"] if history else 0
     writer.image(f"{reported}/confusion_matrix", confusion_rgb, step)
-    writer.scalars({f"{k}/best_checkpoint_accuracy": results[k]["accuracy"] for k in final_splits}, step)
-    log.info("best checkpoint (epoch %s): %s; wrote %s", best_meta.get("epoch"),
+    splits = [k for k in results if not k.endswith("_flip")]
+    writer.scalars({f"{k}/best_checkpoint_accuracy": results[k]["accuracy"] for k in splits}, step)
+    log.info("best checkpoint (epoch %s): %s; wrote %s", metrics["best_epoch"],
              ", ".join(f"{k} {results[k]['accuracy']:.4f} (flip TTA {results[k + '_flip']['accuracy']:.4f})"
-                       for k in final_splits), os.path.join(workdir, "metrics.json"))
-    return metrics
+                       for k in splits), os.path.join(workdir, "metrics.json"))

@@ -21,12 +21,14 @@ def _png(image_HxWxC: np.ndarray) -> bytes:
 
 
 class SummaryWriter:
-    """Scalars, images and text for one run directory. Call from one process only."""
+    """Scalars, images and text for one run directory; `enabled=False` (non-zero processes) writes nothing."""
 
-    def __init__(self, logdir: str):
-        self._writer = EventFileWriter(logdir)
+    def __init__(self, logdir: str, enabled: bool = True):
+        self._writer = EventFileWriter(logdir) if enabled else None
 
     def _add(self, value: Summary.Value, step: int) -> None:
+        if self._writer is None:
+            return
         self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=[value])))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -49,7 +51,9 @@ class SummaryWriter:
         self._add(Summary.Value(tag=tag, tensor=tensor, metadata=metadata), step)
 
     def flush(self) -> None:
-        self._writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()

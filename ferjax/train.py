@@ -206,9 +206,15 @@ def predict_logits(state: TrainState, batch: dict, *, standardize: bool = False,
     return logits
 
 
-def eval_step(state: TrainState, batch: dict, *, standardize: bool = False) -> dict:
-    """Masked sums over a batch: loss_sum, correct, count and the 7x7 confusion matrix (rows: truth)."""
+def eval_step(state: TrainState, batch: dict, *, standardize: bool = False, flip_tta: bool = False) -> dict:
+    """Masked sums over a batch: loss_sum, correct, count and the 7x7 confusion matrix (rows: truth).
+
+    `flip_tta` predicts from the average of the face's and its mirror's probabilities.
+    """
     logits = predict_logits(state, batch, standardize=standardize)
+    if flip_tta:
+        mirrored = predict_logits(state, batch, standardize=standardize, flip=True)
+        logits = jnp.log((jax.nn.softmax(logits) + jax.nn.softmax(mirrored)) / 2)
     return confusion_sums(logits, batch["label"], batch["mask"])
 
 

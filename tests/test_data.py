@@ -23,7 +23,7 @@ def write_folders(root, faces_per_class=2):
     for usage, top in (("Training", "train"), ("PublicTest", "test"), ("PrivateTest", "test")):
         for name in data.CLASS_NAMES:
             os.makedirs(root / top / name, exist_ok=True)
-            for k in range(faces_per_class):
+            for _ in range(faces_per_class):
                 path = root / top / name / f"{usage}_{1000 + i}.png"
                 Image.fromarray(faces[i]).save(path)
                 written[f"{top}/{name}/{path.name}"] = (faces[i], data.CLASS_NAMES.index(name))
@@ -65,7 +65,8 @@ def test_image_folders_load_labels_splits_and_pixels(tmp_path):
         assert all(os.path.basename(src).startswith(usage) for src in s.sources)
 
 
-@pytest.mark.parametrize("csv_name,header", [("fer2013.csv", CSV_HEADER), ("icml_face_data.csv", "emotion, Usage, pixels")])
+@pytest.mark.parametrize("csv_name,header",
+                         [("fer2013.csv", CSV_HEADER), ("icml_face_data.csv", "emotion, Usage, pixels")])
 def test_csv_forms(tmp_path, csv_name, header):
     rows = csv_rows()
     if header.startswith("emotion, Usage"):  # Kaggle's variant: other column order, leading spaces

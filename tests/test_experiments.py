@@ -147,3 +147,18 @@ def test_visualize_writes_non_empty_images(trained, small_fer2013, tmp_path):
         assert pixels.shape[0] > 50 and pixels.std() > 5  # a real picture, not a blank canvas
     saliency = visualize.saliency(state, faces.images, faces.labels)
     assert saliency.shape == faces.images.shape and saliency.max() > 0
+
+
+def test_every_config_field_is_a_typed_flag():
+    import dataclasses
+
+    from absl import flags as absl_flags
+
+    from experiments import flags as experiment_flags
+
+    values = absl_flags.FlagValues()
+    experiment_flags.define_config_flags(values)
+    assert {f.name for f in dataclasses.fields(configs.Config)} <= set(values)
+    values(["prog", "--dropout=0.3", "--limit_train=50", "--widths=8,16", "--noflip", "--model=cnn_shallow"])
+    config = experiment_flags.config_from_flags(values).validate()
+    assert config.dropout == 0.3 and config.limit_train == 50 and config.widths == (8, 16) and not config.flip

@@ -7,7 +7,8 @@ under their layer names, so `ferjax.visualize` reads them without a second forwa
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -28,7 +29,8 @@ class ConvStack(nn.Module):
             for block in range(1, self.convs_per_stage + 1):
                 name = f"conv{stage}_{block}"
                 x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=name)(x)
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{stage}_{block}")(x)
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                                 name=f"bn{stage}_{block}")(x)
                 x = nn.relu(x)
                 self.sow("intermediates", f"relu{stage}_{block}", x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
