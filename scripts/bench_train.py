@@ -1,0 +1,262 @@
+"""Training and inference speed of every model against an equivalent PyTorch implementation.
+
+python scripts/bench_train.py [--models=stn,cnn_shallow] [--batch_size=128] [--rounds=5] [--steps=10]
+
+Same architecture, batch size, optimizer (Adam), loss (cross-entropy + L2 on kernels), flip
+augmentation inside the step and float32 on both sides. JAX and PyTorch run alternately in one
+process, warm-up excluded; medians over rounds are reported with the ratio JAX / PyTorch.
+Also measured: the host input pipeline (batching from the cached arrays) against the fastest
+train step, and the XLA temporary memory of each JAX train step. Needs `pip install -e '.[bench]'`.
+"""
+
+import argparse
+import functools
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ferjax import configs, data, models, train  # noqa: E402
+
+HOG_DIM = 900
+
+
+# ----------------------------------------------------------------------------- PyTorch twins
+
+
+def torch_model(name: str):
+    """The PyTorch equivalent of a registered ferjax model (same layers, same parameter count)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    spec = models.MODELS[name]
+    fields = spec.keywords if hasattr(spec, "keywords") else {}
+
+    class ConvStack(nn.Module):
+        def __init__(self, widths, convs_per_stage):
+            super().__init__()
+            layers, cin = [], 1
+            for width in widths:
+                for _ in range(convs_per_stage):
+                    layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width, momentum=0.1),
+                               nn.ReLU()]
+                    cin = width
+                layers.append(nn.MaxPool2d(2))
+            self.body = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return self.body(x).flatten(1)
+
+    class Head(nn.Module):
+        def __init__(self, features, hidden, dropout):
+            super().__init__()
+            layers = []
+            for h in hidden:
+                layers += [nn.Dropout(dropout), nn.Linear(features, h, bias=False), nn.BatchNorm1d(h), nn.ReLU()]
+                features = h
+            layers += [nn.Dropout(dropout), nn.Linear(features, 7)]
+            self.body = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return self.body(x)
+
+    class Localization(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.Sequential(nn.Conv2d(1, 8, 7), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(8, 10, 5),
+                                       nn.MaxPool2d(2), nn.ReLU())
+            self.fc = nn.Sequential(nn.Linear(640, 32), nn.ReLU(), nn.Linear(32, 6))
+            nn.init.zeros_(self.fc[2].weight)
+            self.fc[2].bias.data.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+
+        def forward(self, x):
+            theta = self.fc(self.convs(x).flatten(1)).view(-1, 2, 3)
+            return F.grid_sample(x, F.affine_grid(theta, x.shape, align_corners=False), align_corners=False)
+
+    def vgg_parts():
+        widths, convs, hidden = fields["widths"], fields["convs_per_stage"], fields["hidden"]
+        features = (48 // 2 ** len(widths)) ** 2 * widths[-1]
+        return ConvStack(widths, convs), features, hidden
+
+    class CNN(nn.Module):
+        def __init__(self, stn=False):
+            super().__init__()
+            self.stn = Localization() if stn else None
+            self.convs, features, hidden = vgg_parts()
+            self.head = Head(features, hidden, 0.5)
+
+        def forward(self, x, hog=None):
+            if self.stn is not None:
+                x = self.stn(x)
+            return self.head(self.convs(x))
+
+    class HOGFusion(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs, features, hidden = vgg_parts()
+            self.hog_bn = nn.BatchNorm1d(HOG_DIM)
+            self.head = Head(features + HOG_DIM, hidden, 0.5)
+
+        def forward(self, x, hog=None):
+            return self.head(torch.cat([self.convs(x), self.hog_bn(hog)], 1))
+
+    class DeepEmotion(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stn = Localization()
+            self.conv1, self.conv2 = nn.Conv2d(1, 10, 3), nn.Conv2d(10, 10, 3)
+            self.conv3, self.conv4 = nn.Conv2d(10, 10, 3), nn.Conv2d(10, 10, 3)
+            self.bn = nn.BatchNorm2d(10)
+            self.fc1, self.fc2 = nn.Linear(810, 50), nn.Linear(50, 7)
+            self.dropout = nn.Dropout(0.5)
+
+        def forward(self, x, hog=None):
+            x = self.stn(x)
+            x = F.relu(F.max_pool2d(self.conv2(F.relu(self.conv1(x))), 2))
+            x = F.relu(F.max_pool2d(self.bn(self.conv4(F.relu(self.conv3(x)))), 2))
+            return self.fc2(F.relu(self.fc1(self.dropout(x.flatten(1)))))
+
+    if name == "stn":
+        return DeepEmotion()
+    if name == "hog":
+        return HOGFusion()
+    return CNN(stn=name.startswith("stn"))
+
+
+def torch_steps(name: str, batch_size: int, l2: float):
+    import torch
+
+    model = torch_model(name)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    kernels = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
+    mean = torch.rand(48, 48)
+    images = torch.randint(0, 256, (batch_size, 48, 48)).float()
+    labels = torch.randint(0, 7, (batch_size,))
+    hog = torch.rand(batch_size, HOG_DIM)
+
+    def train_step():
+        model.train()
+        flip = torch.rand(batch_size) < 0.5
+        x = torch.where(flip[:, None, None], images.flip(-1), images) / 255.0 - mean
+        logits = model(x[:, None], hog)
+        loss = torch.nn.functional.cross_entropy(logits, labels) + l2 * 0.5 * sum((k * k).sum() for k in kernels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    @torch.no_grad()
+    def infer():
+        model.eval()
+        return model((images / 255.0 - mean)[:, None], hog)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    return train_step, infer, n_params
+
+
+# ----------------------------------------------------------------------------- JAX
+
+
+def jax_steps(name: str, batch_size: int):
+    config = configs.get_config(name, batch_size=batch_size)
+    model = models.create(name)
+    rng = np.random.default_rng(0)
+    mean = rng.random((48, 48)).astype(np.float32)
+    state = train.create_train_state(jax.random.key(0), model, config, mean_image=mean, steps_per_epoch=100,
+                                     hog_dim=HOG_DIM)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size, 48, 48)), jnp.uint8),
+             "label": jnp.asarray(rng.integers(0, 7, batch_size), jnp.int32),
+             "mask": jnp.ones(batch_size, jnp.float32)}
+    if model.needs_hog:
+        batch["hog"] = batch["hog_flipped"] = jnp.asarray(rng.random((batch_size, HOG_DIM)), jnp.float32)
+    step = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+    predict = jax.jit(train.predict_logits)
+    memory = step.lower(state, batch, jax.random.key(0)).compile().memory_analysis()
+    holder = {"state": state, "i": 0}
+
+    def train_step():
+        holder["state"], metrics = step(holder["state"], batch, jax.random.key(holder["i"]))
+        holder["i"] += 1
+        return metrics["loss"]
+
+    def infer():
+        return predict(holder["state"], batch)
+
+    temp_mb = getattr(memory, "temp_size_in_bytes", 0) / 1e6 if memory is not None else float("nan")
+    return train_step, infer, models.count_params(state.params), temp_mb
+
+
+def throughput(fn, block, steps: int, batch_size: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = fn()
+    block(out)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def input_pipeline_rate(batch_size: int, seconds: float = 3.0) -> float:
+    """Images/s of the host side: shuffled batches (with padding and mask) from the cached arrays."""
+    try:
+        split = data.load().train
+    except data.DataError:
+        rng = np.random.default_rng(0)
+        split = data.Split(rng.integers(0, 256, (28709, 48, 48), dtype=np.uint8), rng.integers(0, 7, 28709),
+                           np.array(["synthetic"] * 28709))
+    count, start, epoch = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        for batch in data.batches(split, batch_size, shuffle_seed=epoch):
+            jax.device_put(batch)
+            count += batch_size
+        epoch += 1
+    return count / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="stn,cnn_shallow,cnn_medium,hog,stn_deep")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    import torch
+
+    torch.manual_seed(0)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
+          f"({jax.devices()[0].platform}), torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"batch {args.batch_size}, float32, Adam, median of {args.rounds} rounds x {args.steps} steps")
+    print("| model | params | JAX train img/s | PyTorch train img/s | ratio | JAX infer img/s | PyTorch infer img/s "
+          "| ratio | JAX step temp MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    fastest_train = 0.0
+    for name in args.models.split(","):
+        jax_train, jax_infer, params, temp_mb = jax_steps(name, args.batch_size)
+        pt_train, pt_infer, pt_params = torch_steps(name, args.batch_size, l2=1e-4)
+        assert params == pt_params, f"{name}: JAX {params} vs PyTorch {pt_params} parameters"
+        block_jax, block_pt = jax.block_until_ready, (lambda x: x)
+        for fn, block in ((jax_train, block_jax), (jax_infer, block_jax), (pt_train, block_pt), (pt_infer, block_pt)):
+            throughput(fn, block, 2, args.batch_size)  # warm-up and compilation
+        rates = {k: [] for k in ("jt", "pt", "ji", "pi")}
+        for _ in range(args.rounds):  # alternate, so that machine noise hits both alike
+            rates["jt"].append(throughput(jax_train, block_jax, args.steps, args.batch_size))
+            rates["pt"].append(throughput(pt_train, block_pt, args.steps, args.batch_size))
+            rates["ji"].append(throughput(jax_infer, block_jax, args.steps, args.batch_size))
+            rates["pi"].append(throughput(pt_infer, block_pt, args.steps, args.batch_size))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        fastest_train = max(fastest_train, med["jt"])
+        print(f"| `{name}` | {params:,} | {med['jt']:.0f} | {med['pt']:.0f} | {med['jt'] / med['pt']:.2f} | "
+              f"{med['ji']:.0f} | {med['pi']:.0f} | {med['ji'] / med['pi']:.2f} | {temp_mb:.1f} |", flush=True)
+    pipeline = input_pipeline_rate(args.batch_size)
+    print(f"\ninput pipeline: {pipeline:.0f} img/s = {pipeline / fastest_train:.1f}x the fastest JAX train step "
+          f"({fastest_train:.0f} img/s)")
+
+
+if __name__ == "__main__":
+    main()
