@@ -50,10 +50,12 @@ def config_from_flags(flag_values=flags.FLAGS) -> Config:
 
 
 def quiet_libraries() -> None:
-    """Keeps the console to ferjax's progress (from process 0): libraries logging through absl (orbax) only warn."""
+    """Keeps the console to ferjax's progress: JAX and libraries logging through absl (orbax) only warn.
+
+    Call before anything starts JAX's backends (their start-up notes are logged at INFO).
+    """
     import logging
 
-    import jax
-
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("ferjax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+    for name in ("absl", "jax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ferjax").setLevel(logging.INFO)

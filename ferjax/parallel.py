@@ -29,6 +29,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     elif _cluster_environment():
         jax.distributed.initialize()  # TPU pods, SLURM, and other auto-detected clusters
     if jax.process_count() > 1:
+        if jax.process_index() != 0:  # one console for the whole run
+            logging.getLogger("ferjax").setLevel(logging.WARNING)
         log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
 

@@ -1,0 +1,113 @@
+"""Emotions in real photos with the bundled model: detection, preprocessing, outputs and bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+import ferjax
+from ferjax import data, inference
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return inference.default_predictor()
+
+
+def test_bundled_model_is_small_and_described():
+    size = os.path.getsize(inference.DEFAULT_MODEL + ".msgpack")
+    assert size <= 10_000_000
+    with open(inference.DEFAULT_MODEL + ".json") as f:
+        meta = json.load(f)
+    assert meta["class_names"] == list(data.CLASS_NAMES) and "config" in meta
+
+
+def test_astronaut_is_one_happy_face():
+    faces = ferjax.predict(skdata.astronaut())
+    assert len(faces) == 1
+    face = faces[0]
+    x, y, w, h = face["box"]
+    assert 150 < x + w / 2 < 300 and 50 < y + h / 2 < 200  # around her face, upper middle of the photo
+    assert face["emotion"] == "happy"
+    assert set(face["probs"]) == set(data.CLASS_NAMES)
+    assert sum(face["probs"].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_gray_and_colour_inputs_agree(predictor):
+    photo = skdata.astronaut()
+    gray = inference.to_gray(photo)
+    assert predictor.predict(gray)[0]["box"] == predictor.predict(photo)[0]["box"]
+
+
+def test_no_detect_on_fer2013_test_faces(predictor, fer2013):
+    faces = data.stratified_subset(fer2013.test, 200)
+    probs = predictor.classify(faces.images)
+    assert probs.shape == (200, 7)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
+    accuracy = float((probs.argmax(1) == faces.labels).mean())
+    assert accuracy > 0.4  # far above the 25% of always answering 'happy'
+    single = predictor.predict(faces.images[0], detect=False)
+    assert len(single) == 1 and single[0]["box"] == [0, 0, 48, 48]
+    assert single[0]["probs"][single[0]["emotion"]] == pytest.approx(probs[0].max(), abs=1e-3)
+
+
+def test_expand_inputs_reads_folders_and_globs(tmp_path):
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert inference.expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
+    assert inference.expand_inputs([str(tmp_path / "*.png")]) == [str(tmp_path / "b.png")]
+    assert inference.expand_inputs([str(tmp_path / "*.gif")]) == [str(tmp_path / "*.gif")]  # reported as missing
+
+
+def test_cli_json_output_bad_files_and_annotations(tmp_path, fer2013):
+    good = tmp_path / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(good)
+    face = tmp_path / "face.png"
+    Image.fromarray(fer2013.test.images[0]).save(face)
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("hello")
+    truncated = tmp_path / "truncated.jpg"
+    Image.fromarray(skdata.astronaut()).save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((200, 200), 128, np.uint8)).save(blank)
+    huge = tmp_path / "huge.png"
+    Image.new("L", (8000, 7000)).save(huge)
+    missing = tmp_path / "missing.jpg"
+    paths = [good, not_image, truncated, blank, huge, missing]
+    run = subprocess.run([sys.executable, "-m", "experiments.predict", "--json", f"--output={tmp_path / 'out'}",
+                          *[f"--image={p}" for p in paths]], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(p) for p in paths]
+    assert records[0]["faces"][0]["emotion"] == "happy"
+    assert set(records[0]["faces"][0]) == {"box", "emotion", "probs"} and len(records[0]["faces"][0]["box"]) == 4
+    errors = {os.path.basename(r["path"]): r["error"] for r in records[1:]}
+    assert "not a readable image" in errors["notes.jpg"]
+    assert "not a readable image" in errors["truncated.jpg"]
+    assert "no face found" in errors["blank.png"]
+    assert "image too large (8000x7000" in errors["huge.png"]
+    assert "no such file" in errors["missing.jpg"]
+    error_lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 5 and "Traceback" not in run.stderr
+    annotated = np.asarray(Image.open(tmp_path / "out" / "astronaut_emotions.png"))
+    assert annotated.shape == (512, 512, 3) and not np.array_equal(annotated, skdata.astronaut())
+
+    cropped = subprocess.run([sys.executable, "-m", "experiments.predict", "--no_detect", f"--image={face}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert cropped.returncode == 0, cropped.stderr
+    assert str(face) in cropped.stdout and "[0, 0, 48, 48]" in cropped.stdout
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "experiments.predict", f"--checkpoint={tmp_path}/nothing",
+                          "--image=x.jpg"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    assert run.stderr.strip().startswith("error:") and "nothing" in run.stderr and "Traceback" not in run.stderr
