@@ -54,11 +54,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("data"))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    if batch_size % mesh.size:
-        raise ValueError(f"batch size {batch_size} is not divisible by the {mesh.size} devices")
-
-
 def local_rows(global_batch_size: int) -> slice:
     """The rows of each global batch that this process loads and feeds."""
     per_process = global_batch_size // jax.process_count()

@@ -77,7 +77,3 @@ def warp(image_BxHxWxC: jax.Array, theta_Bx2x3: jax.Array) -> jax.Array:
     _, height, width, _ = image_BxHxWxC.shape
     return grid_sample(image_BxHxWxC, affine_grid(theta_Bx2x3, height, width))
 
-
-def identity_theta(batch: int, dtype=jnp.float32) -> jax.Array:
-    """The identity transform, Bx2x3."""
-    return jnp.broadcast_to(jnp.eye(2, 3, dtype=dtype), (batch, 2, 3))

@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ferjax import configs, data, models, train  # noqa: E402
+from ferjax import configs, data, features, models, train  # noqa: E402
 
-HOG_DIM = 900
+HOG_DIM = features.hog_dim(48, 9, 8, 2)
 
 
 # ----------------------------------------------------------------------------- PyTorch twins

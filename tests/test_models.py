@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ferjax import models
+from ferjax import features, models
 
 
 def conv_bn(cin, cout):
@@ -28,7 +28,7 @@ def vgg(widths, convs_per_stage, hidden, extra_features=0, size=48):
 
 LOCALISATION = (7 * 7 * 1 * 8 + 8) + (5 * 5 * 8 * 10 + 10) + (640 * 32 + 32) + (32 * 6 + 6)
 DEEP_EMOTION = LOCALISATION + (9 * 10 + 10) + 3 * (9 * 10 * 10 + 10) + 2 * 10 + (810 * 50 + 50) + (50 * 7 + 7)
-HOG_DIM = 900
+HOG_DIM = features.hog_dim(48, 9, 8, 2)
 
 EXPECTED_PARAMS = {
     "cnn_shallow": vgg((32, 64, 128), 1, (256,)),
