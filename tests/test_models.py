@@ -131,3 +131,12 @@ def test_unknown_model_and_field_are_clear_errors():
         models.create("vgg99")
     with pytest.raises(ValueError, match="bad config for model 'stn'"):
         models.create("stn", widths=(8,))
+
+
+def test_max_pool_matches_flax_with_odd_sizes():
+    import flax.linen as nn
+
+    from ferjax.models.layers import max_pool_2x2
+
+    x = jax.random.normal(jax.random.key(0), (2, 17, 10, 3))
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ferjax.models.layers import max_pool_2x2
+
 
 class ConvStack(nn.Module):
     """Stages of 3x3 conv + BN + ReLU blocks, each stage ending in 2x2 max pooling."""
@@ -33,7 +35,7 @@ class ConvStack(nn.Module):
                                  name=f"bn{stage}_{block}")(x)
                 x = nn.relu(x)
                 self.sow("intermediates", f"relu{stage}_{block}", x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
         return x
 
 

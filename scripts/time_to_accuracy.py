@@ -1,0 +1,38 @@
+"""Validation accuracy against wall-clock time for several runs, from their metrics.json histories.
+
+python scripts/time_to_accuracy.py results/*/metrics.json --output=results/time_to_accuracy.png
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ferjax import plots  # noqa: E402  (sets the matplotlib backend)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("metrics", nargs="+")
+    parser.add_argument("--output", default="time_to_accuracy.png")
+    args = parser.parse_args()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for path in args.metrics:
+        with open(path) as f:
+            m = json.load(f)
+        minutes = [h["wall_time"] / 60 for h in m["history"]]
+        label = f"{m['model']} ({os.path.basename(os.path.dirname(path))}): test {100 * m['test_accuracy']:.1f}%"
+        ax.plot(minutes, [100 * h["val_accuracy"] for h in m["history"]], marker="o", markersize=3, label=label)
+    ax.set(xlabel="wall-clock minutes", ylabel="validation (PublicTest) accuracy %", title="time to accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    plots.save_rgb(args.output, plots.figure_to_rgb(fig))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
