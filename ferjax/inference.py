@@ -38,14 +38,13 @@ class PredictError(Exception):
 # ----------------------------------------------------------------------------- models
 
 
-def export_model(state: train.TrainState, meta: dict, path: str) -> tuple[str, str]:
-    """Writes the inference part of a state (weights in float16, BN statistics, mean face) and its meta.
+def export_model(state: train.TrainState, meta: dict, path: str, dtype=np.float16) -> tuple[str, str]:
+    """Writes the inference part of a state (weights and BN statistics in `dtype`, the mean face) and its meta.
 
     Returns the (weights, meta) file paths: `path`.msgpack and `path`.json.
     """
-    half = jax.tree.map(lambda x: np.asarray(x, np.float16), {"params": state.params,
-                                                               "batch_stats": state.batch_stats})
-    payload = {**half, "mean_image": np.asarray(state.mean_image, np.float32)}
+    weights = jax.tree.map(lambda x: np.asarray(x, dtype), {"params": state.params, "batch_stats": state.batch_stats})
+    payload = {**weights, "mean_image": np.asarray(state.mean_image, np.float32)}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".msgpack", "wb") as f:
         f.write(flax.serialization.msgpack_serialize(payload))
