@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ferjax import data, models, train
-from ferjax.configs import Config, ConfigError
+from ferjax.configs import Config
 
 
 class CheckpointError(Exception):
@@ -59,8 +59,8 @@ def abstract_state(meta: dict, steps_per_epoch: int = 1) -> train.TrainState:
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, target: train.TrainState) -> train.TrainState:
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    return restored
+    """The state saved at `step`, with the structure, shapes and shardings of `target`."""
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
 
 def _find_manager(path: str) -> tuple[ocp.CheckpointManager, int]:
@@ -90,6 +90,7 @@ def load(path: str) -> tuple[train.TrainState, dict]:
     try:
         meta = read_meta(mngr, step)
         state = restore_state(mngr, step, abstract_state(meta))
-    except (ConfigError, ValueError, KeyError, OSError, FileNotFoundError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    except Exception as e:  # a bad config, or any of the many types orbax and tensorstore raise for damaged files
+        reason = (str(e).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {reason})") from None
     return state, meta

@@ -162,3 +162,18 @@ def test_every_config_field_is_a_typed_flag():
     values(["prog", "--dropout=0.3", "--limit_train=50", "--widths=8,16", "--noflip", "--model=cnn_shallow"])
     config = experiment_flags.config_from_flags(values).validate()
     assert config.dropout == 0.3 and config.limit_train == 50 and config.widths == (8, 16) and not config.flip
+
+
+def test_damaged_checkpoint_is_a_clear_error(trained, tmp_path):
+    import shutil
+
+    workdir, _, _ = trained
+    damaged = tmp_path / "damaged"
+    shutil.copytree(os.path.join(workdir, "checkpoints", "best"), damaged)
+    for root, _, files in os.walk(damaged):
+        for name in files:
+            if os.path.basename(root) == "d":  # the array data files
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"\0" * 10)
+    with pytest.raises(checkpoint.CheckpointError, match="damaged: unreadable checkpoint"):
+        checkpoint.load(str(damaged))
