@@ -7,6 +7,7 @@ import inspect
 
 from absl import flags
 
+from ferjax import data
 from ferjax.configs import Config, base_type
 
 
@@ -16,6 +17,11 @@ def _field_help(name: str) -> str:
         if stripped.startswith(f"{name}:") and "#" in stripped:
             return stripped.split("#", 1)[1].strip()
     return name
+
+
+def define_data_dir_flag() -> None:
+    flags.DEFINE_string("data_dir", None, f"FER2013 folder or CSV (default: ${data.DATA_DIR_ENV}, else "
+                                          f"{data.DEFAULT_DATA_DIR})")
 
 
 def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

@@ -12,12 +12,12 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import config_from_flags, define_config_flags, quiet_libraries
+from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, quiet_libraries
 from ferjax import data, kfold, loop
 from ferjax.configs import ConfigError
 
 define_config_flags()
-flags.DEFINE_string("data_dir", None, "FER2013 folder or CSV (default: $FER2013_DIR, else data/fer2013)")
+define_data_dir_flag()
 flags.DEFINE_string("workdir", None, "search directory (default: runs/kfold_<model>)")
 flags.DEFINE_integer("folds", 5, "number of stratified folds", lower_bound=2)
 flags.DEFINE_string("grid", "", "hyperparameter grid: 'field=v1,v2;field2=v3,v4' (cartesian product)")

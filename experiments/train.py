@@ -8,12 +8,12 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments.flags import config_from_flags, define_config_flags, quiet_libraries
+from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, quiet_libraries
 from ferjax import checkpoint, data, loop, parallel
 from ferjax.configs import ConfigError
 
 define_config_flags()
-flags.DEFINE_string("data_dir", None, f"FER2013 folder or CSV (default: ${data.DATA_DIR_ENV}, else data/fer2013)")
+define_data_dir_flag()
 flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard events and metrics go (default: runs/<model>)")
 flags.DEFINE_bool("resume", False, "continue from the latest checkpoint in --workdir")
 flags.DEFINE_integer("log_every_steps", 50, "console and TensorBoard logging interval, in steps")

@@ -9,11 +9,11 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import quiet_libraries
+from experiments.flags import define_data_dir_flag, quiet_libraries
 from ferjax import checkpoint, data, features, visualize
 
 flags.DEFINE_string("workdir", None, "training workdir (its best checkpoint) or a checkpoint folder")
-flags.DEFINE_string("data_dir", None, "FER2013 folder or CSV (default: $FER2013_DIR, else data/fer2013)")
+define_data_dir_flag()
 flags.DEFINE_enum("split", "val", data.SPLITS, "which split the example faces come from")
 flags.DEFINE_integer("faces_per_class", 2, "example faces per class", lower_bound=1)
 flags.DEFINE_string("output", None, "output folder (default: <workdir>/visualize)")

@@ -37,8 +37,7 @@ def torch_model(name: str):
     from torch import nn
     from torch.nn import functional as F
 
-    spec = models.MODELS[name]
-    fields = spec.keywords if hasattr(spec, "keywords") else {}
+    ours = models.create(name)
 
     class ConvStack(nn.Module):
         def __init__(self, widths, convs_per_stage):
@@ -82,7 +81,7 @@ def torch_model(name: str):
             return F.grid_sample(x, F.affine_grid(theta, x.shape, align_corners=False), align_corners=False)
 
     def vgg_parts():
-        widths, convs, hidden = fields["widths"], fields["convs_per_stage"], fields["hidden"]
+        widths, convs, hidden = ours.widths, ours.convs_per_stage, ours.hidden
         features = (48 // 2 ** len(widths)) ** 2 * widths[-1]
         return ConvStack(widths, convs), features, hidden
 

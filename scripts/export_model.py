@@ -14,12 +14,12 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.flags import quiet_libraries  # noqa: E402
+from experiments.flags import define_data_dir_flag, quiet_libraries  # noqa: E402
 from ferjax import checkpoint, data, evaluate, inference  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training workdir whose best checkpoint is exported", required=True)
 flags.DEFINE_string("output", inference.DEFAULT_MODEL, "output path without suffix")
-flags.DEFINE_string("data_dir", None, "FER2013, for the float16 check (default: $FER2013_DIR)")
+define_data_dir_flag()
 FLAGS = flags.FLAGS
 
 

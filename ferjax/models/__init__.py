@@ -12,21 +12,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ferjax.models.cnn import CNN, HOGFusion
-from ferjax.models.stn import DeepEmotion, STNDeep
+from ferjax.models.cnn import CNN
+from ferjax.models.stn import DeepEmotion
 
 MODELS = {
     # CNNs of increasing depth, as the paper compares. Parameters and forward MFLOPs per 48x48 face:
     "cnn_shallow": functools.partial(CNN, widths=(32, 64, 128), convs_per_stage=1, hidden=(256,)),  # 1.27 M, 43
     "cnn_medium": functools.partial(CNN, widths=(32, 64, 128, 256), convs_per_stage=2, hidden=(256,)),  # 1.76 M, 212
     "cnn_deep": functools.partial(CNN, widths=(64, 128, 256, 512), convs_per_stage=2, hidden=(512,)),  # 7.05 M, 844
-    "hog": functools.partial(HOGFusion, widths=(32, 64, 128, 256), convs_per_stage=2, hidden=(256,)),  # 2.00 M, 213
+    "hog": functools.partial(CNN, widths=(32, 64, 128, 256), convs_per_stage=2, fuse_hog=True),  # 2.00 M, 213
     "stn": DeepEmotion,  # 66,877, 8.2
-    "stn_deep": functools.partial(STNDeep, widths=(32, 64, 128, 256), convs_per_stage=2, hidden=(256,)),  # 1.79 M, 215
+    "stn_deep": functools.partial(CNN, widths=(32, 64, 128, 256), convs_per_stage=2, attention=True),  # 1.79 M, 215
     # Tiny variants for tests.
     "_tiny_cnn": functools.partial(CNN, widths=(4, 8), convs_per_stage=1, hidden=(16,)),
-    "_tiny_hog": functools.partial(HOGFusion, widths=(4, 8), convs_per_stage=1, hidden=(16,)),
-    "_tiny_stn_deep": functools.partial(STNDeep, widths=(4, 8), convs_per_stage=1, hidden=(16,)),
+    "_tiny_hog": functools.partial(CNN, widths=(4, 8), convs_per_stage=1, hidden=(16,), fuse_hog=True),
+    "_tiny_stn_deep": functools.partial(CNN, widths=(4, 8), convs_per_stage=1, hidden=(16,), attention=True),
 }
 
 

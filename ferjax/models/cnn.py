@@ -1,4 +1,4 @@
-"""VGG-style CNNs of configurable depth and width, and the CNN + HOG fusion model.
+"""VGG-style CNNs of configurable depth and width, alone, with HOG fusion or behind a spatial transformer.
 
 Every conv block is conv 3x3 -> batch norm -> ReLU; a stage is `convs_per_stage` blocks
 followed by 2x2 max pooling. Activations are sown into the 'intermediates' collection
@@ -8,13 +8,15 @@ under their layer names, so `ferjax.visualize` reads them without a second forwa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ferjax import spatial
 from ferjax.models.layers import max_pool_2x2
+from ferjax.models.stn import LocalizationNet
 
 
 class ConvStack(nn.Module):
@@ -61,47 +63,42 @@ class Head(nn.Module):
 
 
 class CNN(nn.Module):
-    """A VGG-style CNN: `ConvStack` then `Head`. Returns (logits, aux) with aux['prelogits']."""
+    """A VGG-style CNN: `ConvStack` then `Head`, optionally with attention in front or HOG fused in.
+
+    attention=True puts the Deep-Emotion spatial transformer in front (`stn_deep`): its localisation
+    net predicts an affine theta from the face, and the trunk sees the warped face. fuse_hog=True
+    (`hog`) concatenates the face's HOG vector, computed on the host by `ferjax.features` and passed
+    as `hog`, batch-normalised, with the flattened conv features before the dense layers.
+    Returns (logits, aux): aux['prelogits'], and aux['theta'], aux['warped'] with attention.
+    """
 
     widths: Sequence[int] = (32, 64, 128, 256)  # channels per stage; the depth is len(widths) * convs_per_stage
     convs_per_stage: int = 2  # conv blocks per stage
     hidden: Sequence[int] = (256,)  # hidden dense widths
     dropout: float = 0.5  # dropout rate in the head
+    attention: bool = False  # spatial transformer in front of the trunk
+    fuse_hog: bool = False  # HOG vector joins the conv features
     num_classes: int = 7
     dtype: Any = jnp.float32
-    needs_hog: ClassVar[bool] = False
+
+    @property
+    def needs_hog(self) -> bool:
+        return self.fuse_hog
 
     @nn.compact
-    def __call__(self, x_BxHxWx1: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
+    def __call__(self, x_BxHxWx1: jax.Array, *, train: bool, hog: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        aux = {}
+        if self.attention:
+            aux["theta"] = LocalizationNet(self.dtype, name="stn_loc")(x_BxHxWx1)
+            x_BxHxWx1 = aux["warped"] = spatial.warp(x_BxHxWx1, aux["theta"])
         features = ConvStack(self.widths, self.convs_per_stage, self.dtype, name="convs")(x_BxHxWx1, train=train)
-        logits, prelogits = Head(self.hidden, self.dropout, self.num_classes, self.dtype, name="classifier")(
-            features.reshape(features.shape[0], -1), train=train
-        )
-        return logits, {"prelogits": prelogits}
-
-
-class HOGFusion(nn.Module):
-    """CNN + HOG: the HOG vector joins the flattened conv features before the dense layers.
-
-    HOG features are computed on the host by `ferjax.features.hog_features` (scikit-image) and
-    passed as `hog`; the conv trunk and head are those of `CNN`.
-    """
-
-    widths: Sequence[int] = (32, 64, 128, 256)
-    convs_per_stage: int = 2
-    hidden: Sequence[int] = (256,)
-    dropout: float = 0.5
-    num_classes: int = 7
-    dtype: Any = jnp.float32
-    needs_hog: ClassVar[bool] = True
-
-    @nn.compact
-    def __call__(self, x_BxHxWx1: jax.Array, *, hog: jax.Array, train: bool) -> tuple[jax.Array, dict]:
-        features = ConvStack(self.widths, self.convs_per_stage, self.dtype, name="convs")(x_BxHxWx1, train=train)
-        # Normalise the HOG block to the conv features' scale with its own BN before fusing.
-        hog_BxD = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="hog_bn")(hog)
-        fused = jnp.concatenate([features.reshape(features.shape[0], -1), hog_BxD.astype(features.dtype)], axis=-1)
-        logits, prelogits = Head(self.hidden, self.dropout, self.num_classes, self.dtype, name="classifier")(
-            fused, train=train
-        )
-        return logits, {"prelogits": prelogits}
+        features = features.reshape(features.shape[0], -1)
+        if self.fuse_hog:
+            if hog is None:
+                raise ValueError("this model fuses HOG features: pass hog=[B, D]")
+            # Batch norm brings the HOG block to the conv features' scale before fusing.
+            hog_BxD = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="hog_bn")(hog)
+            features = jnp.concatenate([features, hog_BxD.astype(features.dtype)], axis=-1)
+        logits, aux["prelogits"] = Head(self.hidden, self.dropout, self.num_classes, self.dtype, name="classifier")(
+            features, train=train)
+        return logits, aux

@@ -1,4 +1,6 @@
-"""The attentional convolutional network (Deep-Emotion) and a spatial transformer in front of a deep CNN.
+"""The attentional convolutional network (Deep-Emotion) and its localisation network.
+
+`ferjax.models.cnn.CNN(attention=True)` puts the same localisation network in front of a deep CNN.
 
 The paper's figure is not self-consistent: its localisation network draws 3x3 convolutions
 yet feeds an FC layer of 90 inputs, and it draws the sampler after the conv stack. We follow
@@ -9,7 +11,6 @@ feature map instead, as the figure draws it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -17,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from ferjax import spatial
-from ferjax.models.cnn import ConvStack, Head
 
 WARP_POSITIONS = ("input", "features")
 
@@ -91,25 +91,3 @@ class DeepEmotion(nn.Module):
         x = aux["prelogits"] = nn.relu(nn.Dense(50, dtype=self.dtype, name="fc1")(x))
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return logits.astype(jnp.float32), aux
-
-
-class STNDeep(nn.Module):
-    """A spatial transformer (the Deep-Emotion localisation net) warping the input of a VGG-style CNN."""
-
-    widths: Sequence[int] = (32, 64, 128, 256)
-    convs_per_stage: int = 2
-    hidden: Sequence[int] = (256,)
-    dropout: float = 0.5
-    num_classes: int = 7
-    dtype: Any = jnp.float32
-    needs_hog: ClassVar[bool] = False
-
-    @nn.compact
-    def __call__(self, x_BxHxWx1: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
-        theta_Bx2x3 = LocalizationNet(self.dtype, name="stn_loc")(x_BxHxWx1)
-        warped = spatial.warp(x_BxHxWx1, theta_Bx2x3)
-        features = ConvStack(self.widths, self.convs_per_stage, self.dtype, name="convs")(warped, train=train)
-        logits, prelogits = Head(self.hidden, self.dropout, self.num_classes, self.dtype, name="classifier")(
-            features.reshape(features.shape[0], -1), train=train
-        )
-        return logits, {"theta": theta_Bx2x3, "warped": warped, "prelogits": prelogits}
