@@ -31,6 +31,21 @@ def _table_rows(path: str, faces: list[dict]) -> list[str]:
     return rows
 
 
+class Progress:
+    """A one-line [i/N] counter on a terminal's stderr, cleared before any other output."""
+
+    def __init__(self, total: int):
+        self.total, self.active = total, total > 1 and sys.stderr.isatty()
+
+    def show(self, i: int, path: str) -> None:
+        if self.active:
+            print(f"\r[{i}/{self.total}] {os.path.basename(path)[:50]:<50}", end="", file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        if self.active:
+            print("\r" + " " * 64 + "\r", end="", file=sys.stderr, flush=True)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -52,9 +67,9 @@ def main(argv):
     failures = 0
     if not FLAGS.json:
         print("file\tbox [x, y, w, h]\temotion\ttop-3 probabilities")
+    progress = Progress(len(paths))
     for i, path in enumerate(paths, start=1):
-        if len(paths) > 1:
-            print(f"\r[{i}/{len(paths)}] {os.path.basename(path)[:40]:<40}", end="", file=sys.stderr, flush=True)
+        progress.show(i, path)
         try:
             image = inference.read_image(path)
             faces = predictor.predict(image, detect=not FLAGS.no_detect)
@@ -63,12 +78,12 @@ def main(argv):
                                              "cropped face)")
         except inference.PredictError as e:
             failures += 1
-            if len(paths) > 1:
-                print(file=sys.stderr)
+            progress.clear()
             print(f"error: {e}", file=sys.stderr)
             if FLAGS.json:
                 print(json.dumps({"path": path, "error": str(e)}))
             continue
+        progress.clear()
         if FLAGS.json:
             print(json.dumps({"path": path, "faces": faces}))
         else:
@@ -78,8 +93,7 @@ def main(argv):
 
             out = os.path.join(FLAGS.output, os.path.splitext(os.path.basename(path))[0] + "_emotions.png")
             Image.fromarray(inference.annotate(image, faces)).save(out)
-    if len(paths) > 1:
-        print(file=sys.stderr)
+    progress.clear()
     if failures:
         print(f"{failures} of {len(paths)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
