@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax.numpy as jnp
+
 from ferjax import models
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 CLASS_WEIGHTINGS = ("none", "balanced")
+DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -27,6 +30,7 @@ class Config:
     dropout: float | None = None  # dropout rate; None keeps the model's default
     warp_at: str = "input"  # stn only: warp the 'input' image or the last conv 'features'
     widths: tuple[int, ...] | None = None  # CNN families: channels per stage; None keeps the default
+    dtype: str = "float32"  # computation dtype: float32, or bfloat16 on accelerators (parameters stay float32)
     # Input pipeline.
     standardize: bool = False  # per-image standardisation after training-mean subtraction
     flip: bool = True  # random horizontal flip (the paper's augmentation)
@@ -66,6 +70,8 @@ class Config:
             kwargs["warp_at"] = self.warp_at
         if self.widths is not None:
             kwargs["widths"] = tuple(self.widths)
+        if self.dtype != "float32":
+            kwargs["dtype"] = jnp.dtype(self.dtype)
         return kwargs
 
     def validate(self) -> Config:
@@ -81,6 +87,7 @@ class Config:
         check(self.model in models.MODELS, "model", f"unknown model; choose one of {', '.join(models.names())}")
         check(self.dropout is None or 0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         check(self.warp_at in ("input", "features"), "warp_at", "must be 'input' or 'features'")
+        check(self.dtype in DTYPES, "dtype", f"choose one of {', '.join(DTYPES)}")
         check(self.widths is None or (len(self.widths) > 0 and min(self.widths) > 0), "widths", "must be positive")
         check(self.shift >= 0, "shift", "must be >= 0")
         check(0 <= self.rotate <= 180, "rotate", "must be in [0, 180]")

@@ -150,3 +150,14 @@ def test_hog_model_follows_the_flip(small_fer2013):
     mirrored = train.predict_logits(state, {**batch, "hog": batch["hog_flipped"]}, flip=True)
     np.testing.assert_allclose(mirrored, train.predict_logits(state, batch, flip=True), atol=1e-5)
     assert not np.allclose(straight, mirrored)
+
+
+def test_bfloat16_computation_keeps_float32_parameters(small_fer2013):
+    config = configs.tiny_config(model="_tiny_stn_deep", dtype="bfloat16")
+    state = _state(config, small_fer2013.train)
+    batch = _batch(small_fer2013.train, 16)
+    state, metrics = jax.jit(functools.partial(train.train_step, config=config))(state, batch, jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"]))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+    with pytest.raises(configs.ConfigError, match="--dtype='float8'"):
+        configs.tiny_config(dtype="float8")
