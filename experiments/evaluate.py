@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import define_data_dir_flag, quiet_libraries
+from experiments.flags import define_data_dir_flag, start
 from ferjax import checkpoint, data, evaluate, loop
 
 flags.DEFINE_multi_string("workdir", [], "training workdir(s); their best checkpoint is used")
@@ -25,9 +25,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_libraries()
+    start(argv)
     paths = FLAGS.workdir + FLAGS.checkpoint
     if not paths:
         print("error: pass --workdir=DIR or --checkpoint=DIR (repeat for an ensemble)", file=sys.stderr)

@@ -65,3 +65,12 @@ def quiet_libraries() -> None:
     for name in ("absl", "jax"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ferjax").setLevel(logging.INFO)
+
+
+def start(argv) -> None:
+    """What every script's main does first: refuse stray arguments, quiet the libraries."""
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_libraries()

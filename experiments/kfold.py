@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, quiet_libraries
+from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, start
 from ferjax import data, kfold, loop
 from ferjax.configs import ConfigError
 
@@ -29,9 +29,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_libraries()
+    start(argv)
     try:
         base = config_from_flags().validate()
         if FLAGS.worker >= FLAGS.num_workers:

@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import quiet_libraries
+from experiments.flags import start
 from ferjax import checkpoint, inference
 
 flags.DEFINE_multi_string("image", [], "image file, folder or glob pattern (repeatable)")
@@ -47,9 +47,7 @@ class Progress:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_libraries()
+    start(argv)
     if not FLAGS.image:
         print("error: pass --image=PATH (a file, folder or glob; repeatable)", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, quiet_libraries
+from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, start
 from ferjax import checkpoint, data, loop, parallel
 from ferjax.configs import ConfigError
 
@@ -24,9 +24,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_libraries()
+    start(argv)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
         config = config_from_flags().validate()

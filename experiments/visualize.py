@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import define_data_dir_flag, quiet_libraries
+from experiments.flags import define_data_dir_flag, start
 from ferjax import checkpoint, data, features, visualize
 
 flags.DEFINE_string("workdir", None, "training workdir (its best checkpoint) or a checkpoint folder")
@@ -21,9 +21,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_libraries()
+    start(argv)
     if not FLAGS.workdir:
         print("error: pass --workdir=DIR (a training workdir or checkpoint folder)", file=sys.stderr)
         return 1
