@@ -140,3 +140,29 @@ def test_max_pool_matches_flax_with_odd_sizes():
 
     x = jax.random.normal(jax.random.key(0), (2, 17, 10, 3))
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+@pytest.mark.parametrize("kernel_size, padding, channels", [
+    ((3, 3), "SAME", 1),  # one im2col matrix for the kernel gradient
+    ((3, 3), "SAME", 24),  # one matmul per tap
+    ((5, 5), "VALID", 3),
+    ((3, 2), "SAME", 20),  # an even kernel width pads unevenly, as nn.Conv does
+])
+def test_conv_matches_flax_values_and_gradients(kernel_size, padding, channels):
+    import flax.linen as nn
+
+    from ferjax.models.layers import Conv
+
+    x = jax.random.normal(jax.random.key(1), (3, 11, 9, channels))
+    ours, reference = Conv(6, kernel_size, padding), nn.Conv(6, kernel_size, padding=padding)
+    variables = reference.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)
+
+    def loss(module):
+        return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
+    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), rtol=1e-5, atol=1e-5)
+    got = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+    want = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ferjax import spatial
-from ferjax.models.layers import max_pool_2x2
+from ferjax.models.layers import Conv, max_pool_2x2
 from ferjax.models.stn import LocalizationNet
 
 
@@ -32,7 +32,7 @@ class ConvStack(nn.Module):
         for stage, width in enumerate(self.widths, start=1):
             for block in range(1, self.convs_per_stage + 1):
                 name = f"conv{stage}_{block}"
-                x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=name)(x)
+                x = Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=name)(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                                  name=f"bn{stage}_{block}")(x)
                 x = nn.relu(x)
