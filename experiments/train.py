@@ -17,6 +17,8 @@ define_data_dir_flag()
 flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard events and metrics go (default: runs/<model>)")
 flags.DEFINE_bool("resume", False, "continue from the latest checkpoint in --workdir")
 flags.DEFINE_integer("log_every_steps", 50, "console and TensorBoard logging interval, in steps")
+flags.DEFINE_bool("track_test", False, "also evaluate the test split after every epoch, for time-to-accuracy curves "
+                  "(history only: checkpoints are selected on val)")
 flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0 (else auto-detected)")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
@@ -31,7 +33,7 @@ def main(argv):
         workdir = FLAGS.workdir or f"runs/{config.model}"
         loop.train_and_evaluate(config, workdir, data_dir=FLAGS.data_dir, resume=FLAGS.resume,
                                 command=" ".join(["python -m experiments.train"] + sys.argv[1:]),
-                                log_every_steps=FLAGS.log_every_steps)
+                                log_every_steps=FLAGS.log_every_steps, track_test=FLAGS.track_test)
     except (ConfigError, data.DataError, checkpoint.CheckpointError, loop.TrainingError, flags.ValidationError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

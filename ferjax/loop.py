@@ -128,12 +128,15 @@ def _log_images(writer: SummaryWriter, state, batch, config: Config, step: int) 
 
 def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | None = None,
                        data_dir: str | None = None, resume: bool = False, command: str | None = None,
-                       log_every_steps: int = 50, final_splits: tuple[str, ...] = ("val", "test")) -> dict:
+                       log_every_steps: int = 50, final_splits: tuple[str, ...] = ("val", "test"),
+                       track_test: bool = False) -> dict:
     """Trains `config` in `workdir` and returns the final metrics (also written to metrics.json).
 
     Runs data-parallel over every device of every process (`ferjax.parallel`). The best
     checkpoint by validation accuracy is evaluated on `final_splits` at the end
     (cross-validation folds pass ("val",): their test split is never looked at).
+    track_test=True also records test accuracy after every epoch in the history, for
+    time-to-accuracy curves; nothing is selected on it.
 
     Raises:
       ConfigError: a bad value, e.g. a batch larger than the training set.
@@ -233,11 +236,15 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                   "val_accuracy": val["accuracy"], "learning_rate": float(metrics["learning_rate"]),
                   "img_per_s": steps_per_epoch * config.batch_size / epoch_seconds,
                   "wall_time": time.time() - start_time}
+        if track_test:
+            record["test_accuracy"] = _evaluate_totals(eval_fn, state, inputs.test, config.eval_batch_size,
+                                                       inputs.extras["test"], mesh)["accuracy"]
         history.append({k: v if k in ("epoch", "step") else float(v) for k, v in record.items()})
         if parallel.is_logging_process():
             _write_history(history_path, history)
         writer.scalars({"val/loss": val["loss"], "val/accuracy": val["accuracy"],
-                        "epoch/img_per_s": record["img_per_s"]}, step)
+                        "epoch/img_per_s": record["img_per_s"],
+                        **({"test/accuracy": record["test_accuracy"]} if track_test else {})}, step)
         checkpoint.save(latest, step, state, {**meta, "epoch": epoch + 1})
         if val["accuracy"] > best_val:
             best_val = val["accuracy"]
