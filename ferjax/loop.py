@@ -86,12 +86,14 @@ def _read_history(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        # Empty cells: a column (test_accuracy) that some epochs of a resumed run did not record.
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
 
 
 def _write_history(path: str, history: list[dict]) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for record in history for k in record)))
         writer.writeheader()
         writer.writerows(history)
 

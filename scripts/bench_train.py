@@ -220,7 +220,7 @@ def input_pipeline_rate(batch_size: int, seconds: float = 3.0) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="stn,cnn_shallow,cnn_medium,hog,stn_deep")
+    parser.add_argument("--models", default="stn,cnn_shallow,cnn_medium,cnn_deep,hog,stn_deep")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)

@@ -20,7 +20,7 @@ def trained(tmp_path_factory, small_fer2013):
     """One epoch of a tiny attention model: 320 train faces, batch 32 -> 10 steps."""
     workdir = str(tmp_path_factory.mktemp("run"))
     config = configs.tiny_config(model="_tiny_stn_deep", shift=2, epochs=1, batch_size=32)
-    metrics = loop.train_and_evaluate(config, workdir, dataset=small_fer2013, log_every_steps=5)
+    metrics = loop.train_and_evaluate(config, workdir, dataset=small_fer2013, log_every_steps=5, track_test=True)
     return workdir, config, metrics
 
 
@@ -34,6 +34,7 @@ def test_run_writes_checkpoints_metrics_and_plots(trained):
     assert saved["test_metrics"]["count"] == 96 and saved["val_metrics"]["count"] == 96  # every face once
     assert np.sum(saved["test_metrics"]["confusion_matrix"]) == 96
     assert 0 <= saved["test_accuracy"] <= 1 and saved["best_epoch"] == 1
+    assert saved["history"][0]["test_accuracy"] == pytest.approx(saved["test_accuracy"])  # the same (only) checkpoint
     for key in ("val_accuracy", "test_accuracy_flip_tta", "macro_f1", "wall_time_s", "device", "commit", "command"):
         assert key in saved or key in saved["test_metrics"]
     state, meta = checkpoint.load(workdir)
@@ -46,7 +47,8 @@ def test_event_files_read_back_with_tensorboard(trained):
     events = EventAccumulator(workdir, size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/accuracy", "train/learning_rate", "train/img_per_s", "val/loss", "val/accuracy"):
+    for tag in ("train/loss", "train/accuracy", "train/learning_rate", "train/img_per_s", "val/loss", "val/accuracy",
+                "test/accuracy"):
         assert tag in tags["scalars"], tag
     assert [e.step for e in events.Scalars("train/loss")] == [5, 10]
     for tag in ("train/augmented_inputs", "stn/input_and_warped", "test/confusion_matrix"):
@@ -66,6 +68,7 @@ def test_resume_continues_at_the_saved_step(trained, small_fer2013, tmp_path):
     metrics = loop.train_and_evaluate(longer, str(resumed_dir), dataset=small_fer2013, resume=True)
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert [h["step"] for h in metrics["history"]] == [10, 20]
+    assert ["test_accuracy" in h for h in metrics["history"]] == [True, False]  # tracked in the first run only
     state, _ = checkpoint.load(str(resumed_dir / "checkpoints" / "latest"))
     assert int(state.step) == 20
 
