@@ -6,13 +6,15 @@ Same architecture, batch size, optimizer (Adam), loss (cross-entropy + L2 on ker
 augmentation inside the step and float32 on both sides. JAX and PyTorch run alternately in one
 process, warm-up excluded; medians over rounds are reported with the ratio JAX / PyTorch.
 Also measured: the host input pipeline (batching from the cached arrays) against the fastest
-train step, and the XLA temporary memory of each JAX train step. Needs `pip install -e '.[bench]'`.
+train step, the XLA temporary memory of each JAX train step and the peak resident memory.
+Needs `pip install -e '.[bench]'`.
 """
 
 import argparse
 import functools
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -255,6 +257,8 @@ def main():
     pipeline = input_pipeline_rate(args.batch_size)
     print(f"\ninput pipeline: {pipeline:.0f} img/s = {pipeline / fastest_train:.1f}x the fastest JAX train step "
           f"({fastest_train:.0f} img/s)")
+    print(f"peak resident memory of this process (JAX and PyTorch, all models): "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":
