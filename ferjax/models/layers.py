@@ -92,12 +92,10 @@ class Conv(nn.Module):
         k_h, k_w = self.kernel_size
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (k_h, k_w, x_BxHxWxC.shape[-1], self.features), jnp.float32)
-        if self.padding == "SAME":
-            padding = (((k_h - 1) // 2, k_h // 2), ((k_w - 1) // 2, k_w // 2))
-        elif self.padding == "VALID":
-            padding = ((0, 0), (0, 0))
-        else:
+        if self.padding not in ("SAME", "VALID"):
             raise ValueError(f"padding must be 'SAME' or 'VALID', got {self.padding!r}")
+        # Hashable (a custom_vjp static argument): ((top, bottom), (left, right)).
+        padding = tuple(map(tuple, jax.lax.padtype_to_pads(x_BxHxWxC.shape[1:3], (k_h, k_w), (1, 1), self.padding)))
         x, kernel = x_BxHxWxC.astype(self.dtype), kernel.astype(self.dtype)
         y = conv2d(x, kernel, padding) if jax.default_backend() == "cpu" else _conv(x, kernel, padding)
         if self.use_bias:
