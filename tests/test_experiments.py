@@ -1,5 +1,6 @@
 """End to end on a few hundred real faces: train, resume, evaluate, k-fold, and the scripts' errors."""
 
+import glob
 import json
 import os
 import subprocess
@@ -180,3 +181,16 @@ def test_damaged_checkpoint_is_a_clear_error(trained, tmp_path):
                     f.write(b"\0" * 10)
     with pytest.raises(checkpoint.CheckpointError, match="damaged: unreadable checkpoint"):
         checkpoint.load(str(damaged))
+
+
+@pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(REPO, "experiments", "recipes", "*.flags"))),
+                         ids=os.path.basename)
+def test_every_recipe_is_a_valid_config(recipe):
+    from absl import flags as absl_flags
+
+    from experiments import flags as experiment_flags
+
+    values = absl_flags.FlagValues()
+    experiment_flags.define_config_flags(values)
+    values(["prog", f"--flagfile={recipe}"])
+    assert experiment_flags.config_from_flags(values).validate() != configs.Config()  # the recipe took effect
