@@ -1,9 +1,11 @@
 """Training and inference speed of every model against an equivalent PyTorch implementation.
 
 python scripts/bench_train.py [--models=stn,cnn_shallow] [--batch_size=128] [--rounds=5] [--steps=10]
+                              [--dtype=float32|bfloat16]
 
 Same architecture, batch size, optimizer (Adam), loss (cross-entropy + L2 on kernels), flip
-augmentation inside the step and float32 on both sides. JAX and PyTorch run alternately in one
+augmentation inside the step and computation dtype on both sides. Where PyTorch sees a GPU, both
+sides run on it, PyTorch with TF32 allowed as XLA allows it by default. JAX and PyTorch run alternately in one
 process, warm-up excluded; medians over rounds are reported with the ratio JAX / PyTorch.
 Also measured: the host input pipeline (batching from the cached arrays) against the fastest
 train step, the XLA temporary memory of each JAX train step and the peak resident memory.
@@ -132,22 +134,32 @@ def torch_model(name: str):
     return CNN(stn=name.startswith("stn"))
 
 
-def torch_steps(name: str, batch_size: int, l2: float):
+def torch_device() -> str:
     import torch
 
-    model = torch_model(name)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_steps(name: str, batch_size: int, l2: float, dtype: str):
+    import torch
+
+    device = torch_device()
+    model = torch_model(name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     kernels = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
-    mean = torch.rand(48, 48)
-    images = torch.randint(0, 256, (batch_size, 48, 48)).float()
-    labels = torch.randint(0, 7, (batch_size,))
-    hog = torch.rand(batch_size, HOG_DIM)
+    mean = torch.rand(48, 48, device=device)
+    images = torch.randint(0, 256, (batch_size, 48, 48), device=device).float()
+    labels = torch.randint(0, 7, (batch_size,), device=device)
+    hog = torch.rand(batch_size, HOG_DIM, device=device)
+    # Mixed precision as in ferjax: bfloat16 computation, float32 parameters.
+    autocast = torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16")
 
     def train_step():
         model.train()
-        flip = torch.rand(batch_size) < 0.5
+        flip = torch.rand(batch_size, device=device) < 0.5
         x = torch.where(flip[:, None, None], images.flip(-1), images) / 255.0 - mean
-        logits = model(x[:, None], hog)
+        with autocast:
+            logits = model(x[:, None], hog).float()
         loss = torch.nn.functional.cross_entropy(logits, labels) + l2 * 0.5 * sum((k * k).sum() for k in kernels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -157,7 +169,8 @@ def torch_steps(name: str, batch_size: int, l2: float):
     @torch.no_grad()
     def infer():
         model.eval()
-        return model((images / 255.0 - mean)[:, None], hog)
+        with autocast:
+            return model((images / 255.0 - mean)[:, None], hog)
 
     n_params = sum(p.numel() for p in model.parameters())
     return train_step, infer, n_params
@@ -166,9 +179,9 @@ def torch_steps(name: str, batch_size: int, l2: float):
 # ----------------------------------------------------------------------------- JAX
 
 
-def jax_steps(name: str, batch_size: int):
-    config = configs.get_config(name, batch_size=batch_size)
-    model = models.create(name)
+def jax_steps(name: str, batch_size: int, dtype: str = "float32"):
+    config = configs.get_config(name, batch_size=batch_size, dtype=dtype)
+    model = models.create(name, **config.model_kwargs())
     rng = np.random.default_rng(0)
     mean = rng.random((48, 48)).astype(np.float32)
     state = train.create_train_state(jax.random.key(0), model, config, mean_image=mean, steps_per_epoch=100,
@@ -226,22 +239,33 @@ def main():
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="computation dtype on both sides (parameters stay float32)")
     args = parser.parse_args()
     import torch
 
     torch.manual_seed(0)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
-          f"({jax.devices()[0].platform}), torch {torch.__version__} ({torch.get_num_threads()} threads); "
-          f"batch {args.batch_size}, float32, Adam, median of {args.rounds} rounds x {args.steps} steps")
+    device = torch_device()
+    if device == "cuda":
+        # XLA's default float32 convolutions and matmuls on GPU use TF32; let PyTorch do the same.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        machine = torch.cuda.get_device_name()
+    else:
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    print(f"{machine}; jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} ({device}, "
+          f"{torch.get_num_threads()} threads); batch {args.batch_size}, {args.dtype}, Adam, "
+          f"median of {args.rounds} rounds x {args.steps} steps")
     print("| model | params | JAX train img/s | PyTorch train img/s | ratio | JAX infer img/s | PyTorch infer img/s "
           "| ratio | JAX step temp MB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     fastest_train = 0.0
     for name in args.models.split(","):
-        jax_train, jax_infer, params, temp_mb = jax_steps(name, args.batch_size)
-        pt_train, pt_infer, pt_params = torch_steps(name, args.batch_size, l2=1e-4)
+        jax_train, jax_infer, params, temp_mb = jax_steps(name, args.batch_size, args.dtype)
+        pt_train, pt_infer, pt_params = torch_steps(name, args.batch_size, l2=1e-4, dtype=args.dtype)
         assert params == pt_params, f"{name}: JAX {params} vs PyTorch {pt_params} parameters"
-        block_jax, block_pt = jax.block_until_ready, (lambda x: x)
+        block_jax = jax.block_until_ready
+        block_pt = (lambda x: torch.cuda.synchronize()) if device == "cuda" else (lambda x: x)
         for fn, block in ((jax_train, block_jax), (jax_infer, block_jax), (pt_train, block_pt), (pt_infer, block_pt)):
             throughput(fn, block, 2, args.batch_size)  # warm-up and compilation
         rates = {k: [] for k in ("jt", "pt", "ji", "pi")}
