@@ -65,10 +65,13 @@ def main(argv):
         except data.DataError as e:
             sys.exit(f"error: {e}")
         output = FLAGS.output or os.path.join("data", "fer2013.npz.xz")
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         packed = pack(dataset, FLAGS.splits)
-        with open(output, "wb") as f:
-            f.write(packed)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+            with open(output, "wb") as f:
+                f.write(packed)
+        except OSError as e:
+            sys.exit(f"error: --output={output}: cannot write ({e.strerror})")
         print(f"wrote {output}: {len(packed) / 2**20:.1f} MiB, splits {','.join(FLAGS.splits)}")
     else:
         if not FLAGS.input or not FLAGS.output:
