@@ -79,7 +79,9 @@ def main(argv):
         try:
             with open(FLAGS.input, "rb") as f:
                 rows = write_csv(f.read(), FLAGS.output)
-        except (OSError, lzma.LZMAError, ValueError, KeyError) as e:
+        except OSError as e:  # the packed file unreadable or the CSV unwritable: name whichever it was
+            sys.exit(f"error: {e.filename}: {e.strerror}")
+        except (lzma.LZMAError, ValueError, KeyError) as e:
             sys.exit(f"error: {FLAGS.input}: not a packed FER2013 file ({type(e).__name__}: {e})")
         print(f"wrote {FLAGS.output}: {rows} faces")
 
