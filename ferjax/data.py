@@ -338,7 +338,7 @@ def load(data_dir: str | None = None, *, skip_bad: bool = False, use_cache: bool
         splits, skipped = _load_folders(path, files, skip_bad)
     for name in SPLITS:
         if len(splits[name]) == 0:
-            raise DataError(f"{path}: the {name} split ({_usage_of(name)}) is empty")
+            raise DataError(f"{path}: the {name} split ({usage_of(name)}) is empty")
     dataset = FER2013(**splits, source=path, skipped=tuple(skipped))
     if skipped:
         logging.warning("skipped %d bad sample(s):\n  %s", len(skipped), "\n  ".join(skipped))
@@ -350,7 +350,8 @@ def load(data_dir: str | None = None, *, skip_bad: bool = False, use_cache: bool
     return dataset
 
 
-def _usage_of(split: str) -> str:
+def usage_of(split: str) -> str:
+    """The challenge CSV's Usage value of a split: 'train' -> 'Training'."""
     return {v: k for k, v in USAGE_TO_SPLIT.items()}[split]
 
 
@@ -422,7 +423,7 @@ def num_batches(n: int, batch_size: int) -> int:
 
 def format_counts(dataset: FER2013) -> str:
     """A Markdown table of per-split, per-class counts."""
-    header = "| class | " + " | ".join(f"{s} ({_usage_of(s)})" for s in SPLITS) + " |"
+    header = "| class | " + " | ".join(f"{s} ({usage_of(s)})" for s in SPLITS) + " |"
     lines = [header, "|---" * (len(SPLITS) + 1) + "|"]
     counts = {s: dataset.split(s).class_counts() for s in SPLITS}
     for c, name in enumerate(CLASS_NAMES):

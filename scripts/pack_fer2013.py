@@ -42,8 +42,7 @@ def pack(dataset: data.FER2013, splits: list[str]) -> bytes:
 def write_csv(packed: bytes, csv_path: str) -> int:
     """Writes the challenge CSV (emotion, pixels, Usage) from packed bytes; returns the number of rows."""
     arrays = np.load(io.BytesIO(lzma.decompress(packed)))
-    usage_of = {split: usage for usage, split in data.USAGE_TO_SPLIT.items()}
-    usage = np.array([usage_of[name] for name in arrays["split_names"]])[arrays["split"]]
+    usage = np.array([data.usage_of(name) for name in arrays["split_names"]])[arrays["split"]]
     pixels = arrays["images"].reshape(len(arrays["images"]), -1)
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
     with open(csv_path, "w") as f:
