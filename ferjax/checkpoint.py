@@ -8,6 +8,8 @@ HOG vector length, commit, command and epoch), so `load` rebuilds model and prep
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 
 import jax
@@ -20,6 +22,36 @@ from ferjax.configs import Config
 
 class CheckpointError(Exception):
     """A missing or unreadable checkpoint; the message names the path."""
+
+
+class _DrainingEventLoop(asyncio.SelectorEventLoop):
+    """Finishes its pending tasks before closing.
+
+    orbax runs each restore in a fresh event loop and closes it as soon as the first read fails,
+    while tensorstore still has the other reads in flight; their completion callbacks then hit
+    the closed loop and print "Event loop is closed" tracebacks after our one-line error.
+    """
+
+    def close(self) -> None:
+        pending = [task for task in asyncio.all_tasks(self) if not task.done()]
+        if pending and not self.is_running():
+            self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingEventLoop()
+
+
+@contextlib.contextmanager
+def _draining_event_loops():
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
 
 
 def manager(directory: str, *, best: bool = False) -> ocp.CheckpointManager:
@@ -42,7 +74,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state: train.TrainState, meta: 
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    with _draining_event_loops():
+        return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
 def abstract_state(meta: dict, steps_per_epoch: int = 1) -> train.TrainState:
@@ -60,21 +93,24 @@ def abstract_state(meta: dict, steps_per_epoch: int = 1) -> train.TrainState:
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, target: train.TrainState) -> train.TrainState:
     """The state saved at `step`, with the structure, shapes and shardings of `target`."""
-    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    with _draining_event_loops():
+        return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
 
-def _find_manager(path: str) -> tuple[ocp.CheckpointManager, int]:
-    """A workdir (prefers checkpoints/best), a checkpoints/{best,latest} folder, or one step folder."""
+def _find_checkpoint(path: str) -> tuple[str, int]:
+    """(manager directory, step) for a workdir (prefers checkpoints/best), a checkpoints/{best,latest} folder,
+    or one step folder."""
     path = os.path.abspath(path)
     candidates = [os.path.join(path, "checkpoints", "best"), os.path.join(path, "checkpoints", "latest"), path]
     for directory in candidates:
         if os.path.isdir(directory):
-            mngr = ocp.CheckpointManager(directory)
-            if mngr.latest_step() is not None:
-                return mngr, mngr.latest_step()
+            with ocp.CheckpointManager(directory) as mngr:
+                step = mngr.latest_step()
+            if step is not None:
+                return directory, step
     parent, name = os.path.split(path)
     if name.isdigit() and os.path.isdir(parent):
-        return ocp.CheckpointManager(parent), int(name)
+        return parent, int(name)
     raise CheckpointError(f"{path}: no checkpoint found (expected a workdir, its checkpoints/best or a step folder)")
 
 
@@ -86,10 +122,11 @@ def load(path: str) -> tuple[train.TrainState, dict]:
     """
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint or workdir")
-    mngr, step = _find_manager(path)
+    directory, step = _find_checkpoint(path)
     try:
-        meta = read_meta(mngr, step)
-        state = restore_state(mngr, step, abstract_state(meta))
+        with ocp.CheckpointManager(directory) as mngr:
+            meta = read_meta(mngr, step)
+            state = restore_state(mngr, step, abstract_state(meta))
     except Exception as e:  # a bad config, or any of the many types orbax and tensorstore raise for damaged files
         reason = (str(e).splitlines() or [""])[0][:200]
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {reason})") from None

@@ -172,116 +172,117 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         "command": command or " ".join(sys.argv),
     }
 
-    latest = checkpoint.manager(os.path.join(workdir, "checkpoints", "latest"))
-    best = checkpoint.manager(os.path.join(workdir, "checkpoints", "best"), best=True)
-    history_path = os.path.join(workdir, "history.csv")
-    history = []
-    if resume and latest.latest_step() is not None:
-        state = checkpoint.restore_state(latest, latest.latest_step(), state)
-        history = [h for h in _read_history(history_path) if h["step"] <= int(state.step)]
-        log.info("resumed from %s at step %d", latest.directory, int(state.step))
-    elif latest.latest_step() is not None:
-        raise ConfigError(f"--workdir={workdir}: holds checkpoints already; pass --resume or choose a new workdir")
+    # Closed on exit: orbax managers left to the garbage collector outlive their asyncio loop.
+    with (checkpoint.manager(os.path.join(workdir, "checkpoints", "latest")) as latest,
+          checkpoint.manager(os.path.join(workdir, "checkpoints", "best"), best=True) as best):
+        history_path = os.path.join(workdir, "history.csv")
+        history = []
+        if resume and latest.latest_step() is not None:
+            state = checkpoint.restore_state(latest, latest.latest_step(), state)
+            history = [h for h in _read_history(history_path) if h["step"] <= int(state.step)]
+            log.info("resumed from %s at step %d", latest.directory, int(state.step))
+        elif latest.latest_step() is not None:
+            raise ConfigError(f"--workdir={workdir}: holds checkpoints already; pass --resume or choose a new workdir")
 
-    replicated = parallel.replicated(mesh)
-    train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0,
-                       out_shardings=(replicated, replicated))
-    eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize), out_shardings=replicated)
-    writer = SummaryWriter(workdir, enabled=parallel.is_logging_process())
-    if int(state.step) == 0:
-        writer.text("config", "\n".join(f"    {k} = {v}" for k, v in dataclasses.asdict(config).items()), 0)
+        replicated = parallel.replicated(mesh)
+        train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0,
+                           out_shardings=(replicated, replicated))
+        eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize), out_shardings=replicated)
+        writer = SummaryWriter(workdir, enabled=parallel.is_logging_process())
+        if int(state.step) == 0:
+            writer.text("config", "\n".join(f"    {k} = {v}" for k, v in dataclasses.asdict(config).items()), 0)
 
-    rows = parallel.local_rows(config.batch_size)
-    best_val = max([h["val_accuracy"] for h in history], default=-1.0)
-    steps_done_here, clock = 0, time.time()
-    log.info("%s: %d params, %d train / %d val / %d test faces, %d steps per epoch, on %s", config.model,
-             sum(p.size for p in jax.tree.leaves(state.params)), len(inputs.train), len(inputs.val), len(inputs.test),
-             steps_per_epoch, device_description())
-    for epoch in range(int(state.step) // steps_per_epoch, config.epochs):
-        epoch_start = time.time()
-        sums, seen = {"loss": 0.0, "accuracy": 0.0}, 0
-        last_log, last_log_step = time.time(), int(state.step)
-        batches = data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, epoch),
-                               extra=inputs.extras["train"])
-        for batch in batches:
+        rows = parallel.local_rows(config.batch_size)
+        best_val = max([h["val_accuracy"] for h in history], default=-1.0)
+        steps_done_here, clock = 0, time.time()
+        log.info("%s: %d params, %d train / %d val / %d test faces, %d steps per epoch, on %s", config.model,
+                 sum(p.size for p in jax.tree.leaves(state.params)), len(inputs.train), len(inputs.val),
+                 len(inputs.test), steps_per_epoch, device_description())
+        for epoch in range(int(state.step) // steps_per_epoch, config.epochs):
+            epoch_start = time.time()
+            sums, seen = {"loss": 0.0, "accuracy": 0.0}, 0
+            last_log, last_log_step = time.time(), int(state.step)
+            batches = data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, epoch),
+                                   extra=inputs.extras["train"])
+            for batch in batches:
+                step = int(state.step)
+                if step == 0 and jax.process_count() == 1:
+                    _log_images(writer, state, batch, config, step)
+                local = {k: v[rows] for k, v in batch.items()}
+                state, metrics = train_fn(state, parallel.shard_batch(local, mesh), jax.random.fold_in(loop_key, step))
+                steps_done_here += 1
+                if (step + 1) % log_every_steps == 0 or (step + 1) % steps_per_epoch == 0:
+                    metrics = jax.device_get(metrics)
+                    if not np.isfinite(metrics["loss"]):
+                        raise TrainingError(
+                            f"non-finite loss at step {step + 1} (epoch {epoch + 1}); the last good checkpoint is in "
+                            f"{latest.directory}. Lower --learning_rate or set --grad_clip.")
+                    now = time.time()
+                    images_per_s = (step + 1 - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
+                    eta = (total_steps - step - 1) * (now - clock) / steps_done_here
+                    log.info("epoch %d/%d step %d/%d loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s",
+                             epoch + 1, config.epochs, step + 1, total_steps, metrics["loss"], metrics["accuracy"],
+                             metrics["learning_rate"], images_per_s, _format_eta(eta))
+                    writer.scalars({"train/loss": metrics["loss"], "train/accuracy": metrics["accuracy"],
+                                    "train/learning_rate": metrics["learning_rate"], "train/img_per_s": images_per_s},
+                                   step + 1)
+                    sums["loss"] += metrics["loss"]
+                    sums["accuracy"] += metrics["accuracy"]
+                    seen += 1
+                    last_log, last_log_step = now, step + 1
+
             step = int(state.step)
-            if step == 0 and jax.process_count() == 1:
-                _log_images(writer, state, batch, config, step)
-            local = {k: v[rows] for k, v in batch.items()}
-            state, metrics = train_fn(state, parallel.shard_batch(local, mesh), jax.random.fold_in(loop_key, step))
-            steps_done_here += 1
-            if (step + 1) % log_every_steps == 0 or (step + 1) % steps_per_epoch == 0:
-                metrics = jax.device_get(metrics)
-                if not np.isfinite(metrics["loss"]):
-                    raise TrainingError(
-                        f"non-finite loss at step {step + 1} (epoch {epoch + 1}); the last good checkpoint is in "
-                        f"{latest.directory}. Lower --learning_rate or set --grad_clip.")
-                now = time.time()
-                images_per_s = (step + 1 - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
-                eta = (total_steps - step - 1) * (now - clock) / steps_done_here
-                log.info("epoch %d/%d step %d/%d loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s",
-                         epoch + 1, config.epochs, step + 1, total_steps, metrics["loss"], metrics["accuracy"],
-                         metrics["learning_rate"], images_per_s, _format_eta(eta))
-                writer.scalars({"train/loss": metrics["loss"], "train/accuracy": metrics["accuracy"],
-                                "train/learning_rate": metrics["learning_rate"], "train/img_per_s": images_per_s},
-                               step + 1)
-                sums["loss"] += metrics["loss"]
-                sums["accuracy"] += metrics["accuracy"]
-                seen += 1
-                last_log, last_log_step = now, step + 1
+            val = _evaluate_totals(eval_fn, state, inputs.val, config.eval_batch_size, inputs.extras["val"], mesh)
+            epoch_seconds = time.time() - epoch_start
+            record = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(seen, 1),
+                      "train_accuracy": sums["accuracy"] / max(seen, 1), "val_loss": val["loss"],
+                      "val_accuracy": val["accuracy"], "learning_rate": float(metrics["learning_rate"]),
+                      "img_per_s": steps_per_epoch * config.batch_size / epoch_seconds,
+                      "wall_time": time.time() - start_time}
+            if track_test:
+                record["test_accuracy"] = _evaluate_totals(eval_fn, state, inputs.test, config.eval_batch_size,
+                                                           inputs.extras["test"], mesh)["accuracy"]
+            history.append({k: v if k in ("epoch", "step") else float(v) for k, v in record.items()})
+            if parallel.is_logging_process():
+                _write_history(history_path, history)
+            writer.scalars({"val/loss": val["loss"], "val/accuracy": val["accuracy"],
+                            "epoch/img_per_s": record["img_per_s"],
+                            **({"test/accuracy": record["test_accuracy"]} if track_test else {})}, step)
+            checkpoint.save(latest, step, state, {**meta, "epoch": epoch + 1})
+            if val["accuracy"] > best_val:
+                best_val = val["accuracy"]
+                checkpoint.save(best, step, state, {**meta, "epoch": epoch + 1}, {"val_accuracy": val["accuracy"]})
+            log.info("epoch %d/%d done in %.0f s: val loss %.4f val acc %.4f (best %.4f)", epoch + 1, config.epochs,
+                     epoch_seconds, val["loss"], val["accuracy"], best_val)
+            writer.flush()
 
-        step = int(state.step)
-        val = _evaluate_totals(eval_fn, state, inputs.val, config.eval_batch_size, inputs.extras["val"], mesh)
-        epoch_seconds = time.time() - epoch_start
-        record = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(seen, 1),
-                  "train_accuracy": sums["accuracy"] / max(seen, 1), "val_loss": val["loss"],
-                  "val_accuracy": val["accuracy"], "learning_rate": float(metrics["learning_rate"]),
-                  "img_per_s": steps_per_epoch * config.batch_size / epoch_seconds,
-                  "wall_time": time.time() - start_time}
-        if track_test:
-            record["test_accuracy"] = _evaluate_totals(eval_fn, state, inputs.test, config.eval_batch_size,
-                                                       inputs.extras["test"], mesh)["accuracy"]
-        history.append({k: v if k in ("epoch", "step") else float(v) for k, v in record.items()})
-        if parallel.is_logging_process():
-            _write_history(history_path, history)
-        writer.scalars({"val/loss": val["loss"], "val/accuracy": val["accuracy"],
-                        "epoch/img_per_s": record["img_per_s"],
-                        **({"test/accuracy": record["test_accuracy"]} if track_test else {})}, step)
-        checkpoint.save(latest, step, state, {**meta, "epoch": epoch + 1})
-        if val["accuracy"] > best_val:
-            best_val = val["accuracy"]
-            checkpoint.save(best, step, state, {**meta, "epoch": epoch + 1}, {"val_accuracy": val["accuracy"]})
-        log.info("epoch %d/%d done in %.0f s: val loss %.4f val acc %.4f (best %.4f)", epoch + 1, config.epochs,
-                 epoch_seconds, val["loss"], val["accuracy"], best_val)
-        writer.flush()
-
-    # The best checkpoint, restored into the live (sharded) state.
-    best_step = best.latest_step()
-    state = checkpoint.restore_state(best, best_step, state)
-    results = {}
-    for split_name in final_splits:
-        for flip in (False, True):
-            eval_flip = jax.jit(functools.partial(train.eval_step, standardize=config.standardize, flip_tta=flip),
-                                out_shardings=replicated)
-            totals = _evaluate_totals(eval_flip, state, getattr(inputs, split_name), config.eval_batch_size,
-                                      inputs.extras[split_name], mesh)
-            results[split_name + ("_flip" if flip else "")] = evaluate.metrics_from_confusion(totals["confusion"])
-    metrics = {
-        "model": config.model,
-        "params": int(sum(p.size for p in jax.tree.leaves(state.params))),
-        "epochs": config.epochs,
-        "best_epoch": checkpoint.read_meta(best, best_step).get("epoch"),
-        **{f"{k}_accuracy": results[k]["accuracy"] for k in final_splits},
-        **{f"{k}_accuracy_flip_tta": results[f"{k}_flip"]["accuracy"] for k in final_splits},
-        **{f"{k}_metrics": v for k, v in results.items()},
-        "wall_time_s": time.time() - start_time,
-        "train_img_per_s": float(np.median([h["img_per_s"] for h in history])) if history else None,
-        "device": device_description(),
-        "commit": meta["commit"],
-        "command": meta["command"],
-        "config": meta["config"],
-        "history": history,
-    }
+        # The best checkpoint, restored into the live (sharded) state.
+        best_step = best.latest_step()
+        state = checkpoint.restore_state(best, best_step, state)
+        results = {}
+        for split_name in final_splits:
+            for flip in (False, True):
+                eval_flip = jax.jit(functools.partial(train.eval_step, standardize=config.standardize, flip_tta=flip),
+                                    out_shardings=replicated)
+                totals = _evaluate_totals(eval_flip, state, getattr(inputs, split_name), config.eval_batch_size,
+                                          inputs.extras[split_name], mesh)
+                results[split_name + ("_flip" if flip else "")] = evaluate.metrics_from_confusion(totals["confusion"])
+        metrics = {
+            "model": config.model,
+            "params": int(sum(p.size for p in jax.tree.leaves(state.params))),
+            "epochs": config.epochs,
+            "best_epoch": checkpoint.read_meta(best, best_step).get("epoch"),
+            **{f"{k}_accuracy": results[k]["accuracy"] for k in final_splits},
+            **{f"{k}_accuracy_flip_tta": results[f"{k}_flip"]["accuracy"] for k in final_splits},
+            **{f"{k}_metrics": v for k, v in results.items()},
+            "wall_time_s": time.time() - start_time,
+            "train_img_per_s": float(np.median([h["img_per_s"] for h in history])) if history else None,
+            "device": device_description(),
+            "commit": meta["commit"],
+            "command": meta["command"],
+            "config": meta["config"],
+            "history": history,
+        }
     if parallel.is_logging_process():
         write_reports(workdir, metrics, results, final_splits[-1], writer)
     writer.close()

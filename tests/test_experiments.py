@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ferjax import checkpoint, configs, evaluate, kfold, loop
@@ -181,6 +182,13 @@ def test_damaged_checkpoint_is_a_clear_error(trained, tmp_path):
                     f.write(b"\0" * 10)
     with pytest.raises(checkpoint.CheckpointError, match="damaged: unreadable checkpoint"):
         checkpoint.load(str(damaged))
+    # From the command line: one error line, and no tracebacks from reads abandoned after the first failure.
+    face = tmp_path / "face.png"
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(face)
+    result = subprocess.run([sys.executable, "-m", "experiments.predict", f"--checkpoint={damaged}",
+                             f"--image={face}", "--no_detect"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(REPO, "experiments", "recipes", "*.flags"))),
