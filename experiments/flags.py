@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 
 from absl import flags
@@ -11,12 +12,19 @@ from ferjax import data
 from ferjax.configs import Config, base_type
 
 
-def _field_help(name: str) -> str:
+@functools.cache
+def _field_comments() -> dict[str, str]:
+    """Each Config field's trailing comment, read once from the source (parsing it per flag is slow)."""
+    comments = {}
     for line in inspect.getsource(Config).splitlines():
-        stripped = line.strip()
-        if stripped.startswith(f"{name}:") and "#" in stripped:
-            return stripped.split("#", 1)[1].strip()
-    return name
+        name, colon, rest = line.strip().partition(":")
+        if colon and "#" in rest and name.isidentifier():
+            comments[name] = rest.split("#", 1)[1].strip()
+    return comments
+
+
+def _field_help(name: str) -> str:
+    return _field_comments().get(name, name)
 
 
 def define_data_dir_flag() -> None:
