@@ -11,12 +11,12 @@ import sys
 from absl import app, flags
 
 from experiments.flags import define_data_dir_flag, start
-from ferjax import checkpoint, data, evaluate, loop
+from ferjax import checkpoint, data, evaluate, loop, train
 
 flags.DEFINE_multi_string("workdir", [], "training workdir(s); their best checkpoint is used")
 flags.DEFINE_multi_string("checkpoint", [], "checkpoint folder(s), e.g. runs/stn/checkpoints/latest")
 flags.DEFINE_enum("split", "test", data.SPLITS, "which split to evaluate")
-flags.DEFINE_enum("tta", "none", evaluate.TTA_MODES, "test-time augmentation")
+flags.DEFINE_enum("tta", "none", train.TTA_MODES, "test-time augmentation")
 define_data_dir_flag()
 flags.DEFINE_integer("limit", None, "evaluate a stratified subset of this many faces", lower_bound=1)
 flags.DEFINE_integer("batch_size", 500, "evaluation batch size", lower_bound=1)

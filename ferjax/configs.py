@@ -11,7 +11,7 @@ import json
 
 import jax.numpy as jnp
 
-from ferjax import models
+from ferjax import data, models
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
@@ -38,6 +38,7 @@ class Config:
     rotate: float = 0.0  # random rotation by up to this many degrees
     scale: float = 0.0  # random zoom in [1 - scale, 1 + scale]
     erase: float = 0.0  # random-erasing probability
+    crop: int = 0  # train on random crop x crop windows, predict on the centre one (or ten); 0: the whole face
     hog_orientations: int = 9  # HOG model: orientation bins
     hog_pixels_per_cell: int = 8  # HOG model: cell size in pixels
     hog_cells_per_block: int = 2  # HOG model: block size in cells
@@ -93,6 +94,8 @@ class Config:
         check(0 <= self.rotate <= 180, "rotate", "must be in [0, 180]")
         check(0 <= self.scale < 1, "scale", "must be in [0, 1)")
         check(0 <= self.erase <= 1, "erase", "must be a probability")
+        check(self.crop == 0 or 16 <= self.crop < data.IMAGE_SIZE, "crop",
+              f"must be 0 (the whole face) or in [16, {data.IMAGE_SIZE})")
         for flag in ("hog_orientations", "hog_pixels_per_cell", "hog_cells_per_block", "epochs", "batch_size",
                      "eval_batch_size"):
             check(getattr(self, flag) > 0, flag, "must be positive")

@@ -14,8 +14,6 @@ import numpy as np
 
 from ferjax import checkpoint, data, features, train
 
-TTA_MODES = ("none", "flip", "tencrop")
-
 
 def metrics_from_confusion(confusion_KxK: np.ndarray) -> dict:
     """Accuracy, per-class accuracy (recall), macro-F1 from a confusion matrix (rows: truth, columns: prediction)."""
@@ -36,29 +34,10 @@ def metrics_from_confusion(confusion_KxK: np.ndarray) -> dict:
     }
 
 
-def _crops(images_BxHxW: jax.Array, size: int) -> list[jax.Array]:
-    """Ten-crop: four corners and centre of `size`, and their mirrors, each resized back to full size."""
-    _, height, width = images_BxHxW.shape
-    offsets = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
-               ((height - size) // 2, (width - size) // 2)]
-    crops = [images_BxHxW[:, y:y + size, x:x + size] for y, x in offsets]
-    crops += [c[:, :, ::-1] for c in crops]
-    return [jax.image.resize(c, (c.shape[0], height, width), "linear") for c in crops]
-
-
 @functools.partial(jax.jit, static_argnames=("tta", "standardize"))
 def predict_probs(state: train.TrainState, batch: dict, tta: str = "none", standardize: bool = False) -> jax.Array:
-    """Class probabilities of a batch, averaged over the test-time augmentations."""
-    if tta == "tencrop":
-        views = _crops(batch["image"].astype(jnp.float32), round(batch["image"].shape[1] * 40 / 48))
-        probs = [jax.nn.softmax(train.predict_logits(state, {**batch, "image": v}, standardize=standardize))
-                 for v in views]
-        return jnp.mean(jnp.stack(probs), 0)
-    probs = jax.nn.softmax(train.predict_logits(state, batch, standardize=standardize))
-    if tta == "flip":
-        flipped = jax.nn.softmax(train.predict_logits(state, batch, standardize=standardize, flip=True))
-        probs = (probs + flipped) / 2
-    return probs
+    """Class probabilities of a batch, averaged over the test-time augmentations (`train.tta_log_probs`)."""
+    return jnp.exp(train.tta_log_probs(state, batch, tta=tta, standardize=standardize))
 
 
 def predict_split(state: train.TrainState, split: data.Split, batch_size: int, *, tta: str = "none",
@@ -85,8 +64,8 @@ def evaluate_checkpoints(paths: Sequence[str], dataset: data.FER2013, split: str
     Raises:
       CheckpointError: a path holds no readable checkpoint.
     """
-    if tta not in TTA_MODES:
-        raise ValueError(f"--tta={tta!r}: choose one of {', '.join(TTA_MODES)}")
+    if tta not in train.TTA_MODES:
+        raise ValueError(f"--tta={tta!r}: choose one of {', '.join(train.TTA_MODES)}")
     faces = data.stratified_subset(dataset.split(split), limit)
     members, probs = [], []
     for path in paths:

@@ -67,7 +67,7 @@ def _load_exported(path: str) -> tuple[train.TrainState, dict]:
     state = train.TrainState(step=0, apply_fn=model.apply, params=as_float32(payload["params"]), tx=None,
                              opt_state=None, batch_stats=as_float32(payload["batch_stats"]),
                              mean_image=jnp.asarray(payload["mean_image"]),
-                             class_weights=jnp.ones(data.NUM_CLASSES))
+                             class_weights=jnp.ones(data.NUM_CLASSES), crop=config.crop)
     return state, meta
 
 

@@ -128,6 +128,76 @@ def _log_images(writer: SummaryWriter, state, batch, config: Config, step: int) 
         writer.image("stn/input_and_warped", plots.image_grid(pairs), step)
 
 
+@dataclasses.dataclass
+class _Progress:
+    """Progress lines and train scalars: img/s since the last line, ETA from this process's mean pace."""
+
+    total_steps: int
+    batch_size: int
+    writer: SummaryWriter
+    first_step: int
+    clock: float = dataclasses.field(default_factory=time.time)
+
+    def __post_init__(self):
+        self.restart_interval(self.first_step)
+
+    def restart_interval(self, step: int) -> None:
+        """Starts the img/s interval afresh, e.g. after validation, which is not training throughput."""
+        self.last_time, self.last_step = time.time(), step
+
+    def report(self, epoch: int, epochs: int, step: int, metrics: dict) -> None:
+        now = time.time()
+        images_per_s = (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+        eta = (self.total_steps - step) * (now - self.clock) / max(step - self.first_step, 1)
+        log.info("epoch %d/%d step %d/%d loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s", epoch, epochs, step,
+                 self.total_steps, metrics["loss"], metrics["accuracy"], metrics["learning_rate"], images_per_s,
+                 _format_eta(eta))
+        self.writer.scalars({"train/loss": metrics["loss"], "train/accuracy": metrics["accuracy"],
+                             "train/learning_rate": metrics["learning_rate"], "train/img_per_s": images_per_s}, step)
+        self.last_time, self.last_step = now, step
+
+
+def _train_epoch(train_fn, state, inputs: Inputs, config: Config, epoch: int, *, loop_key: jax.Array, mesh,
+                 progress: _Progress, log_every_steps: int, checkpoint_dir: str):
+    """One pass over the shuffled training split. Returns the state, the mean logged train loss and accuracy,
+    and the last logged learning rate."""
+    rows = parallel.local_rows(config.batch_size)
+    steps_per_epoch = data.num_batches(len(inputs.train), config.batch_size)
+    logged = []
+    progress.restart_interval(int(state.step))
+    for batch in data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, epoch),
+                              extra=inputs.extras["train"]):
+        step = int(state.step)
+        if step == 0 and jax.process_count() == 1:
+            _log_images(progress.writer, state, batch, config, step)
+        local = {k: v[rows] for k, v in batch.items()}
+        state, metrics = train_fn(state, parallel.shard_batch(local, mesh), jax.random.fold_in(loop_key, step))
+        if (step + 1) % log_every_steps == 0 or (step + 1) % steps_per_epoch == 0:
+            metrics = jax.device_get(metrics)
+            if not np.isfinite(metrics["loss"]):
+                raise TrainingError(f"non-finite loss at step {step + 1} (epoch {epoch + 1}); the last good checkpoint "
+                                    f"is in {checkpoint_dir}. Lower --learning_rate or set --grad_clip.")
+            progress.report(epoch + 1, config.epochs, step + 1, metrics)
+            logged.append(metrics)
+    return (state, float(np.mean([m["loss"] for m in logged])), float(np.mean([m["accuracy"] for m in logged])),
+            float(logged[-1]["learning_rate"]))
+
+
+def _evaluate_best(state, inputs: Inputs, config: Config, splits: tuple[str, ...], mesh) -> dict:
+    """Metrics of `state` on each split, plain and with flip TTA, and for crop models ten-crop TTA
+    (keys 'test', 'test_flip', 'test_tencrop', ...)."""
+    results = {}
+    for tta in ("none", "flip") + (("tencrop",) if config.crop else ()):
+        eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize, tta=tta),
+                          out_shardings=parallel.replicated(mesh))
+        for split_name in splits:
+            totals = _evaluate_totals(eval_fn, state, getattr(inputs, split_name), config.eval_batch_size,
+                                      inputs.extras[split_name], mesh)
+            key = split_name if tta == "none" else f"{split_name}_{tta}"
+            results[key] = evaluate.metrics_from_confusion(totals["confusion"])
+    return results
+
+
 def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | None = None,
                        data_dir: str | None = None, resume: bool = False, command: str | None = None,
                        log_every_steps: int = 50, final_splits: tuple[str, ...] = ("val", "test"),
@@ -156,13 +226,13 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     dataset = dataset or data.load(data_dir)
     inputs = prepare_inputs(config, dataset, model.needs_hog)
     steps_per_epoch = data.num_batches(len(inputs.train), config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
 
     init_key, loop_key = jax.random.split(jax.random.key(config.seed))
     state = parallel.replicate(train.create_train_state(
         init_key, model, config, mean_image=preprocess.training_mean(inputs.train.images),
         steps_per_epoch=steps_per_epoch, weights=train.class_weights(inputs.train.labels, config.class_weighting),
         hog_dim=inputs.hog_dim), mesh)
+    params = int(sum(p.size for p in jax.tree.leaves(state.params)))
     meta = {
         "config": dataclasses.asdict(config),
         "class_names": list(data.CLASS_NAMES),
@@ -184,59 +254,27 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         elif latest.latest_step() is not None:
             raise ConfigError(f"--workdir={workdir}: holds checkpoints already; pass --resume or choose a new workdir")
 
-        replicated = parallel.replicated(mesh)
         train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0,
-                           out_shardings=(replicated, replicated))
-        eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize), out_shardings=replicated)
+                           out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+        eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize),
+                          out_shardings=parallel.replicated(mesh))
         writer = SummaryWriter(workdir, enabled=parallel.is_logging_process())
         if int(state.step) == 0:
             writer.text("config", "\n".join(f"    {k} = {v}" for k, v in dataclasses.asdict(config).items()), 0)
-
-        rows = parallel.local_rows(config.batch_size)
+        progress = _Progress(config.epochs * steps_per_epoch, config.batch_size, writer, first_step=int(state.step))
         best_val = max([h["val_accuracy"] for h in history], default=-1.0)
-        steps_done_here, clock = 0, time.time()
-        log.info("%s: %d params, %d train / %d val / %d test faces, %d steps per epoch, on %s", config.model,
-                 sum(p.size for p in jax.tree.leaves(state.params)), len(inputs.train), len(inputs.val),
-                 len(inputs.test), steps_per_epoch, device_description())
+        log.info("%s: %d params, %d train / %d val / %d test faces, %d steps per epoch, on %s", config.model, params,
+                 len(inputs.train), len(inputs.val), len(inputs.test), steps_per_epoch, device_description())
         for epoch in range(int(state.step) // steps_per_epoch, config.epochs):
             epoch_start = time.time()
-            sums, seen = {"loss": 0.0, "accuracy": 0.0}, 0
-            last_log, last_log_step = time.time(), int(state.step)
-            batches = data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, epoch),
-                                   extra=inputs.extras["train"])
-            for batch in batches:
-                step = int(state.step)
-                if step == 0 and jax.process_count() == 1:
-                    _log_images(writer, state, batch, config, step)
-                local = {k: v[rows] for k, v in batch.items()}
-                state, metrics = train_fn(state, parallel.shard_batch(local, mesh), jax.random.fold_in(loop_key, step))
-                steps_done_here += 1
-                if (step + 1) % log_every_steps == 0 or (step + 1) % steps_per_epoch == 0:
-                    metrics = jax.device_get(metrics)
-                    if not np.isfinite(metrics["loss"]):
-                        raise TrainingError(
-                            f"non-finite loss at step {step + 1} (epoch {epoch + 1}); the last good checkpoint is in "
-                            f"{latest.directory}. Lower --learning_rate or set --grad_clip.")
-                    now = time.time()
-                    images_per_s = (step + 1 - last_log_step) * config.batch_size / max(now - last_log, 1e-9)
-                    eta = (total_steps - step - 1) * (now - clock) / steps_done_here
-                    log.info("epoch %d/%d step %d/%d loss %.4f acc %.3f lr %.2e %.0f img/s ETA %s",
-                             epoch + 1, config.epochs, step + 1, total_steps, metrics["loss"], metrics["accuracy"],
-                             metrics["learning_rate"], images_per_s, _format_eta(eta))
-                    writer.scalars({"train/loss": metrics["loss"], "train/accuracy": metrics["accuracy"],
-                                    "train/learning_rate": metrics["learning_rate"], "train/img_per_s": images_per_s},
-                                   step + 1)
-                    sums["loss"] += metrics["loss"]
-                    sums["accuracy"] += metrics["accuracy"]
-                    seen += 1
-                    last_log, last_log_step = now, step + 1
-
+            state, train_loss, train_accuracy, learning_rate = _train_epoch(
+                train_fn, state, inputs, config, epoch, loop_key=loop_key, mesh=mesh, progress=progress,
+                log_every_steps=log_every_steps, checkpoint_dir=latest.directory)
             step = int(state.step)
             val = _evaluate_totals(eval_fn, state, inputs.val, config.eval_batch_size, inputs.extras["val"], mesh)
             epoch_seconds = time.time() - epoch_start
-            record = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(seen, 1),
-                      "train_accuracy": sums["accuracy"] / max(seen, 1), "val_loss": val["loss"],
-                      "val_accuracy": val["accuracy"], "learning_rate": float(metrics["learning_rate"]),
+            record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                      "val_loss": val["loss"], "val_accuracy": val["accuracy"], "learning_rate": learning_rate,
                       "img_per_s": steps_per_epoch * config.batch_size / epoch_seconds,
                       "wall_time": time.time() - start_time}
             if track_test:
@@ -259,30 +297,25 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         # The best checkpoint, restored into the live (sharded) state.
         best_step = best.latest_step()
         state = checkpoint.restore_state(best, best_step, state)
-        results = {}
-        for split_name in final_splits:
-            for flip in (False, True):
-                eval_flip = jax.jit(functools.partial(train.eval_step, standardize=config.standardize, flip_tta=flip),
-                                    out_shardings=replicated)
-                totals = _evaluate_totals(eval_flip, state, getattr(inputs, split_name), config.eval_batch_size,
-                                          inputs.extras[split_name], mesh)
-                results[split_name + ("_flip" if flip else "")] = evaluate.metrics_from_confusion(totals["confusion"])
-        metrics = {
-            "model": config.model,
-            "params": int(sum(p.size for p in jax.tree.leaves(state.params))),
-            "epochs": config.epochs,
-            "best_epoch": checkpoint.read_meta(best, best_step).get("epoch"),
-            **{f"{k}_accuracy": results[k]["accuracy"] for k in final_splits},
-            **{f"{k}_accuracy_flip_tta": results[f"{k}_flip"]["accuracy"] for k in final_splits},
-            **{f"{k}_metrics": v for k, v in results.items()},
-            "wall_time_s": time.time() - start_time,
-            "train_img_per_s": float(np.median([h["img_per_s"] for h in history])) if history else None,
-            "device": device_description(),
-            "commit": meta["commit"],
-            "command": meta["command"],
-            "config": meta["config"],
-            "history": history,
-        }
+        best_epoch = checkpoint.read_meta(best, best_step).get("epoch")
+    results = _evaluate_best(state, inputs, config, final_splits, mesh)
+    metrics = {
+        "model": config.model,
+        "params": params,
+        "epochs": config.epochs,
+        "best_epoch": best_epoch,
+        **{f"{k}_accuracy": results[k]["accuracy"] for k in final_splits},
+        **{f"{k}_accuracy_{tta}_tta": results[f"{k}_{tta}"]["accuracy"] for k in final_splits
+           for tta in ("flip", "tencrop") if f"{k}_{tta}" in results},
+        **{f"{k}_metrics": v for k, v in results.items()},
+        "wall_time_s": time.time() - start_time,
+        "train_img_per_s": float(np.median([h["img_per_s"] for h in history])) if history else None,
+        "device": device_description(),
+        "commit": meta["commit"],
+        "command": meta["command"],
+        "config": meta["config"],
+        "history": history,
+    }
     if parallel.is_logging_process():
         write_reports(workdir, metrics, results, final_splits[-1], writer)
     writer.close()
@@ -302,8 +335,10 @@ def write_reports(workdir: str, metrics: dict, results: dict, reported: str, wri
     plots.save_rgb(os.path.join(workdir, "confusion_matrix.png"), confusion_rgb)
     step = history[-1]["step"] if history else 0
     writer.image(f"{reported}/confusion_matrix", confusion_rgb, step)
-    splits = [k for k in results if not k.endswith("_flip")]
+    splits = [k for k in results if not k.endswith(("_flip", "_tencrop"))]
     writer.scalars({f"{k}/best_checkpoint_accuracy": results[k]["accuracy"] for k in splits}, step)
+    with_tta = {k: ", ".join(f"{tta} TTA {results[f'{k}_{tta}']['accuracy']:.4f}" for tta in ("flip", "tencrop")
+                             if f"{k}_{tta}" in results) for k in splits}
     log.info("best checkpoint (epoch %s): %s; wrote %s", metrics["best_epoch"],
-             ", ".join(f"{k} {results[k]['accuracy']:.4f} (flip TTA {results[k + '_flip']['accuracy']:.4f})"
-                       for k in splits), os.path.join(workdir, "metrics.json"))
+             ", ".join(f"{k} {results[k]['accuracy']:.4f} ({with_tta[k]})" for k in splits),
+             os.path.join(workdir, "metrics.json"))

@@ -144,6 +144,33 @@ def random_erase(rng: jax.Array, x_BxHxW: jax.Array, prob: float) -> jax.Array:
     return jnp.where(erase_BxHxW & apply_B[:, None, None], 0.0, x_BxHxW)
 
 
+def crop(x_BxHxW: jax.Array, size: int, offsets_Bx2: jax.Array) -> jax.Array:
+    """Each image's size x size window whose top-left corner is at its (row, column) offset."""
+    return jax.vmap(lambda x, o: jax.lax.dynamic_slice(x, (o[0], o[1]), (size, size)))(x_BxHxW, offsets_Bx2)
+
+
+def random_crop_offsets(rng: jax.Array, batch: int, height: int, width: int, size: int) -> jax.Array:
+    """Uniform top-left corners of size x size windows inside height x width images, Bx2 int32."""
+    k_row, k_column = jax.random.split(rng)
+    rows_B = jax.random.randint(k_row, (batch,), 0, height - size + 1)
+    columns_B = jax.random.randint(k_column, (batch,), 0, width - size + 1)
+    return jnp.stack([rows_B, columns_B], -1)
+
+
+def five_crop_offsets(height: int, width: int, size: int) -> list[tuple[int, int]]:
+    """Top-left corners of the four corner windows and the centre one (ten-crop adds their mirrors)."""
+    return [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
+            ((height - size) // 2, (width - size) // 2)]
+
+
+def zoomed_ten_crop(images_BxHxW: jax.Array, size: int) -> list[jax.Array]:
+    """The five size x size windows and their mirrors, each resized back to the full image size."""
+    _, height, width = images_BxHxW.shape
+    crops = [images_BxHxW[:, y:y + size, x:x + size] for y, x in five_crop_offsets(height, width, size)]
+    crops += [c[:, :, ::-1] for c in crops]
+    return [jax.image.resize(c, (c.shape[0], height, width), "linear") for c in crops]
+
+
 def augment(rng: jax.Array, x_BxHxW: jax.Array, aug: Augment) -> tuple[jax.Array, jax.Array]:
     """Geometric augmentation of [0, 1] faces, jit-compatible.
 

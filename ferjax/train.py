@@ -15,8 +15,10 @@ The training loop that drives these functions is `ferjax.loop`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,7 @@ class TrainState(train_state.TrainState):
     batch_stats: Any
     mean_image: jax.Array  # training-set mean face in [0, 1], HxW: subtracted from every input
     class_weights: jax.Array  # per-class loss weights, [7]
+    crop: int = flax.struct.field(pytree_node=False, default=0)  # the model's input window (0: the whole face)
 
 
 def class_weights(labels: np.ndarray, weighting: str) -> np.ndarray:
@@ -118,7 +121,7 @@ def create_train_state(rng: jax.Array, model: nn.Module, config: Config, *, mean
       weights: per-class loss weights (default: ones).
       hog_dim: length of the HOG vector, for models that take one.
     """
-    size = mean_image.shape[0]
+    size = config.crop or mean_image.shape[0]
     inputs = {"hog": jnp.zeros((1, hog_dim))} if model.needs_hog else {}
     variables = model.init({"params": rng, "dropout": rng}, jnp.zeros((1, size, size, 1)), train=False, **inputs)
     return TrainState.create(
@@ -128,12 +131,25 @@ def create_train_state(rng: jax.Array, model: nn.Module, config: Config, *, mean
         tx=make_optimizer(config, steps_per_epoch),
         mean_image=jnp.asarray(mean_image, jnp.float32),
         class_weights=jnp.asarray(np.ones(data.NUM_CLASSES) if weights is None else weights, jnp.float32),
+        crop=config.crop,
     )
 
 
-def model_inputs(state: TrainState, images_BxHxW: jax.Array, per_image_standardize: bool) -> jax.Array:
-    """uint8 (or [0, 255] float) faces -> normalised BxHxWx1 model input."""
-    return preprocess.normalize(images_BxHxW, state.mean_image, per_image_standardize)[..., None]
+def model_inputs(state: TrainState, images_BxHxW: jax.Array, per_image_standardize: bool,
+                 crop_at: tuple[int, int] | jax.Array | None = None) -> jax.Array:
+    """uint8 (or [0, 255] float) faces -> normalised BxHxWx1 model input.
+
+    A model trained on crops (`state.crop`) gets the window at `crop_at` ((row, column) of its
+    top-left corner, one pair or one per image), by default the centre one. Normalisation comes
+    first, so the training mean is subtracted where each pixel was.
+    """
+    x = preprocess.normalize(images_BxHxW, state.mean_image, per_image_standardize)
+    if state.crop:
+        batch, height, width = x.shape
+        if crop_at is None:
+            crop_at = ((height - state.crop) // 2, (width - state.crop) // 2)
+        x = preprocess.crop(x, state.crop, jnp.broadcast_to(jnp.asarray(crop_at, jnp.int32), (batch, 2)))
+    return x[..., None]
 
 
 def _hog_input(batch: dict, flipped_B: jax.Array | None) -> dict:
@@ -161,10 +177,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config: Config
     Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). Returns the new state and
     device-scalar metrics (loss, cross_entropy, accuracy, learning_rate).
     """
-    k_aug, k_erase, k_dropout = jax.random.split(rng, 3)
+    k_aug, k_crop, k_erase, k_dropout = jax.random.split(rng, 4)
     aug = _augment_config(config)
     faces, flipped_B = preprocess.augment(k_aug, batch["image"].astype(jnp.float32), aug)
-    x = model_inputs(state, faces, config.standardize)
+    crop_at = preprocess.random_crop_offsets(k_crop, *faces.shape, state.crop) if state.crop else None
+    x = model_inputs(state, faces, config.standardize, crop_at)
     if aug.erase:
         x = preprocess.random_erase(k_erase, x[..., 0], aug.erase)[..., None]
     weights_B = batch["mask"] * state.class_weights[batch["label"]]
@@ -194,28 +211,49 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config: Config
     return state, metrics
 
 
-def predict_logits(state: TrainState, batch: dict, *, standardize: bool = False, flip: bool = False) -> jax.Array:
-    """Eval-mode logits of a batch; `flip` mirrors the faces (for test-time augmentation)."""
+def predict_logits(state: TrainState, batch: dict, *, standardize: bool = False, flip: bool = False,
+                   crop_at: tuple[int, int] | None = None) -> jax.Array:
+    """Eval-mode logits of a batch; `flip` mirrors the faces and `crop_at` picks the window of a model
+    trained on crops (both for test-time augmentation)."""
     images = batch["image"].astype(jnp.float32)
     if flip:
         images = images[:, :, ::-1]
     flipped_B = jnp.full(images.shape[:1], flip)
     (logits, _) = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                                 model_inputs(state, images, standardize), train=False,
+                                 model_inputs(state, images, standardize, crop_at), train=False,
                                  **_hog_input(batch, flipped_B))
     return logits
 
 
-def eval_step(state: TrainState, batch: dict, *, standardize: bool = False, flip_tta: bool = False) -> dict:
-    """Masked sums over a batch: loss_sum, correct, count and the 7x7 confusion matrix (rows: truth).
+TTA_MODES = ("none", "flip", "tencrop")
 
-    `flip_tta` predicts from the average of the face's and its mirror's probabilities.
+
+def tta_log_probs(state: TrainState, batch: dict, *, tta: str = "none", standardize: bool = False) -> jax.Array:
+    """Log class probabilities of a batch, averaged over test-time augmentations (TTA_MODES).
+
+    'flip' adds the mirrored face. 'tencrop' takes a model trained on crops (`state.crop`) through
+    the five windows of its own size and their mirrors; a whole-face model gets 40/48 windows zoomed
+    back to full size.
     """
-    logits = predict_logits(state, batch, standardize=standardize)
-    if flip_tta:
-        mirrored = predict_logits(state, batch, standardize=standardize, flip=True)
-        logits = jnp.log((jax.nn.softmax(logits) + jax.nn.softmax(mirrored)) / 2)
-    return confusion_sums(logits, batch["label"], batch["mask"])
+    predict = functools.partial(predict_logits, state, standardize=standardize)
+    if tta == "none":
+        return jax.nn.log_softmax(predict(batch))
+    if tta == "flip":
+        logits = [predict(batch), predict(batch, flip=True)]
+    elif state.crop:
+        _, height, width = batch["image"].shape
+        logits = [predict(batch, flip=flip, crop_at=offset)
+                  for flip in (False, True) for offset in preprocess.five_crop_offsets(height, width, state.crop)]
+    else:
+        views = preprocess.zoomed_ten_crop(batch["image"].astype(jnp.float32), round(batch["image"].shape[1] * 40 / 48))
+        logits = [predict({**batch, "image": view}) for view in views]
+    return jnp.log(jnp.mean(jnp.stack([jax.nn.softmax(lg) for lg in logits]), 0))
+
+
+def eval_step(state: TrainState, batch: dict, *, standardize: bool = False, tta: str = "none") -> dict:
+    """Masked sums over a batch: loss_sum, correct, count and the 7x7 confusion matrix (rows: truth),
+    of the predictions averaged over the test-time augmentations `tta`."""
+    return confusion_sums(tta_log_probs(state, batch, tta=tta, standardize=standardize), batch["label"], batch["mask"])
 
 
 def confusion_sums(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Array) -> dict:

@@ -12,9 +12,11 @@ def row(path: str) -> str:
         m = json.load(f)
     hours = m["wall_time_s"] / 3600
     wall = f"{hours:.2f} h" if hours >= 1 else f"{m['wall_time_s'] / 60:.0f} min"
+    # Ten-crop TTA is evaluated for models trained on crops (--crop) only.
+    tencrop = f"{100 * m['test_accuracy_tencrop_tta']:.2f}" if "test_accuracy_tencrop_tta" in m else "-"
     return (f"| `{m['model']}` | {m['params']:,} | {m['best_epoch']}/{m['epochs']} | {m['device']} | {wall} | "
             f"{100 * m['val_accuracy']:.2f} | {100 * m['test_accuracy']:.2f} | "
-            f"{100 * m['test_accuracy_flip_tta']:.2f} | `{m['command']}` | {m['commit']} |")
+            f"{100 * m['test_accuracy_flip_tta']:.2f} | {tencrop} | `{m['command']}` | {m['commit']} |")
 
 
 def main(paths):
@@ -22,8 +24,8 @@ def main(paths):
         print("usage: python scripts/results_table.py results/*/metrics.json", file=sys.stderr)
         return 1
     print("| model | params | best epoch / epochs | device | wall time | val % | test % | test % (flip TTA) "
-          "| command | commit |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---|---|")
+          "| test % (ten-crop TTA) | command | commit |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|")
     for path in paths:
         print(row(path))
     return 0

@@ -75,6 +75,16 @@ def test_resume_continues_at_the_saved_step(trained, small_fer2013, tmp_path):
     assert int(state.step) == 20
 
 
+def test_crop_run_reports_ten_crop_and_reloads_its_window(small_fer2013, tmp_path):
+    config = configs.tiny_config(crop=40, epochs=1, batch_size=32)
+    metrics = loop.train_and_evaluate(config, str(tmp_path), dataset=small_fer2013)
+    state, _ = checkpoint.load(str(tmp_path))
+    assert state.crop == 40
+    tencrop = evaluate.evaluate_checkpoints([str(tmp_path)], small_fer2013, "test", tta="tencrop")
+    assert tencrop["accuracy"] == metrics["test_accuracy_tencrop_tta"]
+    assert evaluate.evaluate_checkpoints([str(tmp_path)], small_fer2013, "val")["accuracy"] == metrics["val_accuracy"]
+
+
 def test_non_finite_loss_stops_with_a_clear_error(small_fer2013, tmp_path):
     config = configs.tiny_config(learning_rate=1e30, batch_size=32)
     with pytest.raises(loop.TrainingError, match="non-finite loss at step"):

@@ -120,3 +120,16 @@ def test_augmentation_is_deterministic_in_its_key():
     c = preprocess.augment(jax.random.key(8), faces, aug)[0]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_crop_takes_each_images_window():
+    x = jnp.arange(2 * 6 * 6, dtype=jnp.float32).reshape(2, 6, 6)
+    offsets = jnp.array([[0, 2], [3, 1]])
+    crops = np.asarray(preprocess.crop(x, 3, offsets))
+    np.testing.assert_array_equal(crops[0], np.asarray(x)[0, 0:3, 2:5])
+    np.testing.assert_array_equal(crops[1], np.asarray(x)[1, 3:6, 1:4])
+    corners = preprocess.five_crop_offsets(48, 48, 40)
+    assert corners == [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]
+    random = np.asarray(preprocess.random_crop_offsets(jax.random.key(0), 4000, 48, 48, 40))
+    # Every offset 0..8 on both axes occurs, nothing outside.
+    assert set(random[:, 0]) == set(range(9)) and set(random[:, 1]) == set(range(9))

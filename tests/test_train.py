@@ -161,3 +161,27 @@ def test_bfloat16_computation_keeps_float32_parameters(small_fer2013):
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
     with pytest.raises(configs.ConfigError, match="--dtype='float8'"):
         configs.tiny_config(dtype="float8")
+
+
+def test_crop_models_train_on_windows_and_predict_on_the_centre(small_fer2013):
+    config = configs.tiny_config(crop=40, model="_tiny_cnn")
+    state = _state(config, small_fer2013.train)
+    assert state.crop == 40
+    batch = _batch(small_fer2013.train, 16)
+    faces = batch["image"].astype(np.float32)
+    full = preprocess.normalize(faces, state.mean_image)
+    np.testing.assert_allclose(train.model_inputs(state, faces, False)[..., 0], full[:, 4:44, 4:44], atol=1e-6)
+    np.testing.assert_allclose(train.model_inputs(state, faces, False, crop_at=(8, 0))[..., 0], full[:, 8:48, 0:40],
+                               atol=1e-6)
+    state, metrics = jax.jit(functools.partial(train.train_step, config=config))(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    # Ten-crop: the five windows of the model's own size and their mirrors, probabilities averaged.
+    views = [jax.nn.softmax(train.predict_logits(state, batch, flip=flip, crop_at=at))
+             for flip in (False, True) for at in preprocess.five_crop_offsets(48, 48, 40)]
+    np.testing.assert_allclose(evaluate.predict_probs(state, batch, tta="tencrop"), np.mean(views, 0), atol=1e-5)
+    assert not np.allclose(views[0], views[4], atol=1e-4)  # the windows differ
+
+
+def test_crop_must_fit_the_face():
+    with pytest.raises(configs.ConfigError, match="--crop=48"):
+        configs.tiny_config(crop=48)
