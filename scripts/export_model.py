@@ -36,7 +36,8 @@ def main(argv):
         metrics = json.load(f)
     dataset = data.load(FLAGS.data_dir)
     card = {key: metrics[key] for key in ("model", "params", "epochs", "best_epoch", "val_accuracy", "test_accuracy",
-                                          "test_accuracy_flip_tta", "wall_time_s", "device", "commit", "command")}
+                                          "test_accuracy_flip_tta", "test_accuracy_tencrop_tta", "wall_time_s",
+                                          "device", "commit", "command") if key in metrics}
     standardize = meta["config"]["standardize"]
     full = _accuracies(state, dataset, standardize)
     for dtype in (np.float16, np.float32):  # half precision only where it costs no accuracy
