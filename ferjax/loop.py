@@ -183,13 +183,17 @@ def _train_epoch(train_fn, state, inputs: Inputs, config: Config, epoch: int, *,
             float(logged[-1]["learning_rate"]))
 
 
-def _evaluate_best(state, inputs: Inputs, config: Config, splits: tuple[str, ...], mesh) -> dict:
-    """Metrics of `state` on each split, plain and with flip TTA, and for crop models ten-crop TTA
-    (keys 'test', 'test_flip', 'test_tencrop', ...)."""
+def _eval_fns(config: Config, mesh) -> dict:
+    """The jitted eval step per test-time augmentation: plain, flip, and ten-crop for crop models."""
+    return {tta: jax.jit(functools.partial(train.eval_step, standardize=config.standardize, tta=tta),
+                         out_shardings=parallel.replicated(mesh))
+            for tta in ("none", "flip") + (("tencrop",) if config.crop else ())}
+
+
+def _evaluate_best(eval_fns: dict, state, inputs: Inputs, config: Config, splits: tuple[str, ...], mesh) -> dict:
+    """Metrics of `state` on each split for every eval function (keys 'test', 'test_flip', 'test_tencrop', ...)."""
     results = {}
-    for tta in ("none", "flip") + (("tencrop",) if config.crop else ()):
-        eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize, tta=tta),
-                          out_shardings=parallel.replicated(mesh))
+    for tta, eval_fn in eval_fns.items():
         for split_name in splits:
             totals = _evaluate_totals(eval_fn, state, getattr(inputs, split_name), config.eval_batch_size,
                                       inputs.extras[split_name], mesh)
@@ -256,8 +260,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
 
         train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0,
                            out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
-        eval_fn = jax.jit(functools.partial(train.eval_step, standardize=config.standardize),
-                          out_shardings=parallel.replicated(mesh))
+        eval_fns = _eval_fns(config, mesh)
+        eval_fn = eval_fns["none"]  # per epoch; the final evaluation adds the TTA ones
         writer = SummaryWriter(workdir, enabled=parallel.is_logging_process())
         if int(state.step) == 0:
             writer.text("config", "\n".join(f"    {k} = {v}" for k, v in dataclasses.asdict(config).items()), 0)
@@ -298,7 +302,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         best_step = best.latest_step()
         state = checkpoint.restore_state(best, best_step, state)
         best_epoch = checkpoint.read_meta(best, best_step).get("epoch")
-    results = _evaluate_best(state, inputs, config, final_splits, mesh)
+    results = _evaluate_best(eval_fns, state, inputs, config, final_splits, mesh)
     metrics = {
         "model": config.model,
         "params": params,
