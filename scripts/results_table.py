@@ -1,15 +1,24 @@
-"""The README's results table, built from metrics.json files: no number is typed by hand.
+"""The README's results tables, built from metrics.json files: no number is typed by hand.
 
-python scripts/results_table.py results/*/metrics.json
+python scripts/results_table.py results/*/metrics.json          # one row per run
+python scripts/results_table.py --seeds results/*/metrics.json  # runs that differ only in --seed: mean ± std
 """
 
 import json
+import statistics
 import sys
 
+# (column title, metrics.json key) of the accuracies the seed summary aggregates.
+ACCURACIES = (("val %", "val_accuracy"), ("test %", "test_accuracy"), ("test % (flip TTA)", "test_accuracy_flip_tta"),
+              ("test % (ten-crop TTA)", "test_accuracy_tencrop_tta"))
 
-def row(path: str) -> str:
+
+def load(path: str) -> dict:
     with open(path) as f:
-        m = json.load(f)
+        return json.load(f)
+
+
+def row(m: dict) -> str:
     hours = m["wall_time_s"] / 3600
     wall = f"{hours:.2f} h" if hours >= 1 else f"{m['wall_time_s'] / 60:.0f} min"
     # Ten-crop TTA is evaluated for models trained on crops (--crop) only.
@@ -19,15 +28,47 @@ def row(path: str) -> str:
             f"{100 * m['test_accuracy_flip_tta']:.2f} | {tencrop} | `{m['command']}` | {m['commit']} |")
 
 
-def main(paths):
+def runs_table(runs: list[dict]) -> list[str]:
+    lines = ["| model | params | best epoch / epochs | device | wall time | val % | test % | test % (flip TTA) "
+             "| test % (ten-crop TTA) | command | commit |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|"]
+    return lines + [row(m) for m in runs]
+
+
+def mean_std(values: list[float]) -> str:
+    """'mean ± sample std' in percent."""
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def seed_groups(runs: list[dict]) -> list[list[dict]]:
+    """Runs whose configs are equal but for the seed, in groups of two or more, in first-seen order."""
+    groups: dict[str, list[dict]] = {}
+    for m in runs:
+        key = json.dumps({k: v for k, v in m["config"].items() if k != "seed"}, sort_keys=True)
+        groups.setdefault(key, []).append(m)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def seeds_table(runs: list[dict]) -> list[str]:
+    lines = ["| model | params | seeds | " + " | ".join(title for title, _ in ACCURACIES) + " | commits |",
+             "|---|---:|---|" + "---:|" * len(ACCURACIES) + "---|"]
+    for group in seed_groups(runs):
+        cells = [mean_std([m[key] for m in group]) if all(key in m for m in group) else "-" for _, key in ACCURACIES]
+        seeds = ", ".join(str(m["config"]["seed"]) for m in group)
+        commits = ", ".join(dict.fromkeys(m["commit"] for m in group))
+        lines.append(f"| `{group[0]['model']}` | {group[0]['params']:,} | {seeds} | " + " | ".join(cells)
+                     + f" | {commits} |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    by_seed = "--seeds" in argv
+    paths = [a for a in argv if a != "--seeds"]
     if not paths:
-        print("usage: python scripts/results_table.py results/*/metrics.json", file=sys.stderr)
+        print("usage: python scripts/results_table.py [--seeds] results/*/metrics.json", file=sys.stderr)
         return 1
-    print("| model | params | best epoch / epochs | device | wall time | val % | test % | test % (flip TTA) "
-          "| test % (ten-crop TTA) | command | commit |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|")
-    for path in paths:
-        print(row(path))
+    runs = [load(p) for p in paths]
+    print("\n".join(seeds_table(runs) if by_seed else runs_table(runs)))
     return 0
 
 

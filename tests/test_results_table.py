@@ -1,0 +1,43 @@
+"""The results tables are built from metrics.json files, and the seed summary groups runs by config."""
+
+import importlib.util
+import json
+import os
+import statistics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("results_table", os.path.join(REPO, "scripts", "results_table.py"))
+results_table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(results_table)
+
+
+def _metrics(seed: int, test: float, crop: int = 40) -> dict:
+    return {"model": "cnn_shallow", "params": 1000, "best_epoch": 3, "epochs": 4, "device": "CPU", "wall_time_s": 90.0,
+            "val_accuracy": 0.5 + seed / 100, "test_accuracy": test, "test_accuracy_flip_tta": test + 0.01,
+            "command": f"python -m experiments.train --seed={seed}", "commit": f"c{seed}",
+            "config": {"model": "cnn_shallow", "crop": crop, "seed": seed}}
+
+
+def test_seed_summary_groups_runs_that_differ_only_in_seed():
+    runs = [_metrics(0, 0.60), _metrics(1, 0.64), _metrics(2, 0.62), _metrics(0, 0.70, crop=0)]
+    groups = results_table.seed_groups(runs)
+    assert [[m["config"]["seed"] for m in g] for g in groups] == [[0, 1, 2]]  # the crop=0 run stands alone
+
+    line = results_table.seeds_table(runs)[-1]
+    tests = [0.60, 0.64, 0.62]
+    expected_test = f"{100 * statistics.mean(tests):.2f} ± {100 * statistics.stdev(tests):.2f}"
+    assert f"| {expected_test} |" in line
+    assert "| 0, 1, 2 |" in line and "c0, c1, c2" in line
+    assert line.count("| - |") == 1  # no ten-crop accuracy in these runs
+
+
+def test_runs_table_has_one_row_per_metrics_file(tmp_path, capsys):
+    paths = []
+    for seed in (0, 1):
+        path = tmp_path / f"run{seed}" / "metrics.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(_metrics(seed, 0.6)))
+        paths.append(str(path))
+    assert results_table.main(paths) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert len(rows) == 2 and "`python -m experiments.train --seed=1`" in rows[1]
