@@ -157,10 +157,15 @@ def random_crop_offsets(rng: jax.Array, batch: int, height: int, width: int, siz
     return jnp.stack([rows_B, columns_B], -1)
 
 
+def centre_offset(height: int, width: int, size: int) -> tuple[int, int]:
+    """Top-left corner of the centre size x size window: the one a crop-trained model predicts on."""
+    return (height - size) // 2, (width - size) // 2
+
+
 def five_crop_offsets(height: int, width: int, size: int) -> list[tuple[int, int]]:
     """Top-left corners of the four corner windows and the centre one (ten-crop adds their mirrors)."""
     return [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
-            ((height - size) // 2, (width - size) // 2)]
+            centre_offset(height, width, size)]
 
 
 def zoomed_ten_crop(images_BxHxW: jax.Array, size: int) -> list[jax.Array]:

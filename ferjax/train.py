@@ -147,7 +147,7 @@ def model_inputs(state: TrainState, images_BxHxW: jax.Array, per_image_standardi
     if state.crop:
         batch, height, width = x.shape
         if crop_at is None:
-            crop_at = ((height - state.crop) // 2, (width - state.crop) // 2)
+            crop_at = preprocess.centre_offset(height, width, state.crop)
         x = preprocess.crop(x, state.crop, jnp.broadcast_to(jnp.asarray(crop_at, jnp.int32), (batch, 2)))
     return x[..., None]
 
