@@ -140,6 +140,9 @@ def test_max_pool_matches_flax_with_odd_sizes():
 
     x = jax.random.normal(jax.random.key(0), (2, 17, 10, 3))
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+    weights = jax.random.normal(jax.random.key(1), (2, 8, 5, 3))
+    grad = jax.grad(lambda x, pool: (pool(x) * weights).sum())
+    np.testing.assert_array_equal(grad(x, max_pool_2x2), grad(x, lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))))
 
 
 @pytest.mark.parametrize("kernel_size, padding, channels", [
