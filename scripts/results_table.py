@@ -13,9 +13,22 @@ ACCURACIES = (("val %", "val_accuracy"), ("test %", "test_accuracy"), ("test % (
               ("test % (ten-crop TTA)", "test_accuracy_tencrop_tta"))
 
 
+# Keys every row reads; a metrics.json without them was not written by a finished training run.
+REQUIRED = ("model", "params", "best_epoch", "epochs", "device", "wall_time_s", "val_accuracy", "test_accuracy",
+            "test_accuracy_flip_tta", "command", "commit", "config")
+
+
 def load(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """The metrics of one run; ValueError naming the file if it is unreadable or incomplete."""
+    try:
+        with open(path) as f:
+            metrics = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable metrics.json ({e})") from None
+    missing = [key for key in REQUIRED if key not in metrics]
+    if missing:
+        raise ValueError(f"{path}: not a training run's metrics.json (no {', '.join(missing)})")
+    return metrics
 
 
 def row(m: dict) -> str:
@@ -67,7 +80,11 @@ def main(argv: list[str]) -> int:
     if not paths:
         print("usage: python scripts/results_table.py [--seeds] results/*/metrics.json", file=sys.stderr)
         return 1
-    runs = [load(p) for p in paths]
+    try:
+        runs = [load(p) for p in paths]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print("\n".join(seeds_table(runs) if by_seed else runs_table(runs)))
     return 0
 

@@ -41,3 +41,15 @@ def test_runs_table_has_one_row_per_metrics_file(tmp_path, capsys):
     assert results_table.main(paths) == 0
     rows = capsys.readouterr().out.strip().splitlines()[2:]
     assert len(rows) == 2 and "`python -m experiments.train --seed=1`" in rows[1]
+
+
+def test_unreadable_or_foreign_metrics_file_is_one_line_error(tmp_path, capsys):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps({"accuracy": 0.6}))  # an evaluate output, not a training run's
+    for path, reason in ((broken, "not a readable metrics.json"), (evaluation, "no model"),
+                         (tmp_path / "missing.json", "not a readable metrics.json")):
+        assert results_table.main([str(path)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err and reason in err
