@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 
 from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, start
-from ferjax import data, kfold, loop
+from ferjax import data, kfold, loop, runs
 from ferjax.configs import ConfigError
 
 define_config_flags()
@@ -56,7 +56,7 @@ def main(argv):
             config = dataclasses.replace(base, **best).validate()
             loop.train_and_evaluate(config, os.path.join(workdir, "best_retrained"), data_dir=FLAGS.data_dir,
                                     command=command)
-    except (ConfigError, data.DataError, loop.TrainingError) as e:
+    except (ConfigError, data.DataError, loop.TrainingError, runs.MetricsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,7 +1,7 @@
 """ferjax: facial expression recognition on FER2013 in JAX/Flax.
 
 `ferjax.predict(image)` gives the faces and emotions in an image array with the bundled model;
-the modules hold the rest: data, preprocess, spatial, models, train, loop, evaluate, kfold,
+the modules hold the rest: data, preprocess, spatial, models, train, loop, runs, evaluate, kfold,
 visualize, inference.
 """
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import os
 
 import numpy as np
 
-from ferjax import data, loop
+from ferjax import data, loop, runs
 from ferjax.configs import Config, ConfigError, base_type
 
 log = logging.getLogger(__name__)
@@ -80,11 +79,10 @@ def run_fold(base: Config, overrides: dict, config_index: int, fold: int, folds:
     """Trains one (config, fold) unless its metrics.json exists; returns those metrics."""
     name, _ = config_names(config_index, overrides)
     fold_dir = os.path.join(workdir, name, f"fold{fold}")
-    metrics_path = os.path.join(fold_dir, "metrics.json")
+    metrics_path = runs.metrics_path(fold_dir)
     if os.path.exists(metrics_path):
         log.info("%s fold %d: finished before, reading %s", name, fold, metrics_path)
-        with open(metrics_path) as f:
-            return json.load(f)
+        return runs.read_metrics(metrics_path)
     config = dataclasses.replace(base, **overrides).validate()
     # limit_train subsets the whole training split before it is divided into folds.
     train_split = data.stratified_subset(dataset.train, config.limit_train, config.seed)
@@ -102,10 +100,9 @@ def summarize(grid: list[dict], folds: int, workdir: str) -> list[dict]:
         name, label = config_names(index, overrides)
         accuracies = []
         for fold in range(folds):
-            path = os.path.join(workdir, name, f"fold{fold}", "metrics.json")
+            path = runs.metrics_path(os.path.join(workdir, name, f"fold{fold}"))
             if os.path.exists(path):
-                with open(path) as f:
-                    accuracies.append(json.load(f)["val_accuracy"])
+                accuracies.append(runs.read_metrics(path)["val_accuracy"])
         rows.append({"config": name, "overrides": label, "folds_done": len(accuracies),
                      "mean_val_accuracy": float(np.mean(accuracies)) if accuracies else float("nan"),
                      "std_val_accuracy": float(np.std(accuracies)) if accuracies else float("nan")})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
 import logging
 import os
 import platform
@@ -22,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from ferjax import checkpoint, data, evaluate, features, models, parallel, plots, preprocess, train
+from ferjax import checkpoint, data, evaluate, features, models, parallel, plots, preprocess, runs, train
 from ferjax.configs import Config, ConfigError
 from ferjax.summary import SummaryWriter
 
@@ -328,8 +327,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
 
 def write_reports(workdir: str, metrics: dict, results: dict, reported: str, writer: SummaryWriter) -> None:
     """metrics.json, history and confusion-matrix PNGs, and the final TensorBoard entries."""
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    metrics_file = runs.write_metrics(workdir, metrics)
     history = metrics["history"]
     if history:
         plots.save_rgb(os.path.join(workdir, "history.png"), plots.figure_to_rgb(plots.history_figure(history)))
@@ -345,4 +343,4 @@ def write_reports(workdir: str, metrics: dict, results: dict, reported: str, wri
                              if f"{k}_{tta}" in results) for k in splits}
     log.info("best checkpoint (epoch %s): %s; wrote %s", metrics["best_epoch"],
              ", ".join(f"{k} {results[k]['accuracy']:.4f} ({with_tta[k]})" for k in splits),
-             os.path.join(workdir, "metrics.json"))
+             metrics_file)

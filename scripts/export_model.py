@@ -15,7 +15,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.flags import define_data_dir_flag, quiet_libraries  # noqa: E402
-from ferjax import checkpoint, data, evaluate, inference  # noqa: E402
+from ferjax import checkpoint, data, evaluate, inference, runs  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training workdir whose best checkpoint is exported", required=True)
 flags.DEFINE_string("output", inference.DEFAULT_MODEL, "output path without suffix")
@@ -31,10 +31,13 @@ def _accuracies(state, dataset, standardize: bool) -> dict:
 def main(argv):
     del argv
     quiet_libraries()
-    state, meta = checkpoint.load(FLAGS.workdir)
-    with open(os.path.join(FLAGS.workdir, "metrics.json")) as f:
-        metrics = json.load(f)
-    dataset = data.load(FLAGS.data_dir)
+    try:
+        state, meta = checkpoint.load(FLAGS.workdir)
+        metrics = runs.read_metrics(runs.metrics_path(FLAGS.workdir))
+        dataset = data.load(FLAGS.data_dir)
+    except (checkpoint.CheckpointError, runs.MetricsError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     card = {key: metrics[key] for key in ("model", "params", "epochs", "best_epoch", "val_accuracy", "test_accuracy",
                                           "test_accuracy_flip_tta", "test_accuracy_tencrop_tta", "wall_time_s",
                                           "device", "commit", "command") if key in metrics}

@@ -5,30 +5,19 @@ python scripts/results_table.py --seeds results/*/metrics.json  # runs that diff
 """
 
 import json
+import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ferjax import runs  # noqa: E402
 
 # (column title, metrics.json key) of the accuracies the seed summary aggregates.
 ACCURACIES = (("val %", "val_accuracy"), ("test %", "test_accuracy"), ("test % (flip TTA)", "test_accuracy_flip_tta"),
               ("test % (ten-crop TTA)", "test_accuracy_tencrop_tta"))
-
-
-# Keys every row reads; a metrics.json without them was not written by a finished training run.
-REQUIRED = ("model", "params", "best_epoch", "epochs", "device", "wall_time_s", "val_accuracy", "test_accuracy",
-            "test_accuracy_flip_tta", "command", "commit", "config")
-
-
-def load(path: str) -> dict:
-    """The metrics of one run; ValueError naming the file if it is unreadable or incomplete."""
-    try:
-        with open(path) as f:
-            metrics = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable metrics.json ({e})") from None
-    missing = [key for key in REQUIRED if key not in metrics]
-    if missing:
-        raise ValueError(f"{path}: not a training run's metrics.json (no {', '.join(missing)})")
-    return metrics
+# Keys a row reads beyond those every run writes: the run was evaluated on test at the end.
+REPORTED = ("test_accuracy", "test_accuracy_flip_tta")
 
 
 def row(m: dict) -> str:
@@ -81,11 +70,11 @@ def main(argv: list[str]) -> int:
         print("usage: python scripts/results_table.py [--seeds] results/*/metrics.json", file=sys.stderr)
         return 1
     try:
-        runs = [load(p) for p in paths]
-    except ValueError as e:
+        metrics = [runs.read_metrics(p, required=REPORTED) for p in paths]
+    except runs.MetricsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print("\n".join(seeds_table(runs) if by_seed else runs_table(runs)))
+    print("\n".join(seeds_table(metrics) if by_seed else runs_table(metrics)))
     return 0
 
 

@@ -7,26 +7,28 @@ python scripts/time_to_accuracy.py results/*/metrics.json --output=results/time_
 """
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ferjax import plots  # noqa: E402  (sets the matplotlib backend)
+from ferjax import plots, runs  # noqa: E402  (plots sets the matplotlib backend)
 
 
-def main():
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("metrics", nargs="+")
     parser.add_argument("--output", default="time_to_accuracy.png")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        loaded = [(path, runs.read_metrics(path, required=("test_accuracy",))) for path in args.metrics]
+    except runs.MetricsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for path in args.metrics:
-        with open(path) as f:
-            m = json.load(f)
+    for path, m in loaded:
         minutes = [h["wall_time"] / 60 for h in m["history"]]
         split = "test" if all("test_accuracy" in h for h in m["history"]) else "val"
         label = (f"{m['model']} ({os.path.basename(os.path.dirname(path))}), {split} curve: "
@@ -38,7 +40,8 @@ def main():
     ax.legend(fontsize=8)
     plots.save_rgb(args.output, plots.figure_to_rgb(fig))
     print(f"wrote {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,21 +1,33 @@
-"""The results tables are built from metrics.json files, and the seed summary groups runs by config."""
+"""The results scripts read metrics.json files: the tables, the seed summary and the time-to-accuracy plot."""
 
 import importlib.util
 import json
 import os
 import statistics
 
+from ferjax import runs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("results_table", os.path.join(REPO, "scripts", "results_table.py"))
-results_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(results_table)
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+results_table = _script("results_table")
+time_to_accuracy = _script("time_to_accuracy")
 
 
 def _metrics(seed: int, test: float, crop: int = 40) -> dict:
     return {"model": "cnn_shallow", "params": 1000, "best_epoch": 3, "epochs": 4, "device": "CPU", "wall_time_s": 90.0,
             "val_accuracy": 0.5 + seed / 100, "test_accuracy": test, "test_accuracy_flip_tta": test + 0.01,
             "command": f"python -m experiments.train --seed={seed}", "commit": f"c{seed}",
-            "config": {"model": "cnn_shallow", "crop": crop, "seed": seed}}
+            "config": {"model": "cnn_shallow", "crop": crop, "seed": seed},
+            "history": [{"epoch": e, "wall_time": 30.0 * e, "val_accuracy": 0.4 + e / 100, "test_accuracy": test}
+                        for e in (1, 2, 3)]}
 
 
 def test_seed_summary_groups_runs_that_differ_only_in_seed():
@@ -34,10 +46,9 @@ def test_seed_summary_groups_runs_that_differ_only_in_seed():
 def test_runs_table_has_one_row_per_metrics_file(tmp_path, capsys):
     paths = []
     for seed in (0, 1):
-        path = tmp_path / f"run{seed}" / "metrics.json"
-        path.parent.mkdir()
-        path.write_text(json.dumps(_metrics(seed, 0.6)))
-        paths.append(str(path))
+        run_dir = tmp_path / f"run{seed}"
+        run_dir.mkdir()
+        paths.append(runs.write_metrics(str(run_dir), _metrics(seed, 0.6)))
     assert results_table.main(paths) == 0
     rows = capsys.readouterr().out.strip().splitlines()[2:]
     assert len(rows) == 2 and "`python -m experiments.train --seed=1`" in rows[1]
@@ -53,3 +64,18 @@ def test_unreadable_or_foreign_metrics_file_is_one_line_error(tmp_path, capsys):
         assert results_table.main([str(path)]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(path) in err and reason in err
+
+
+def test_time_to_accuracy_plots_runs_and_rejects_a_foreign_file(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = runs.write_metrics(str(run_dir), _metrics(0, 0.6))
+    output = tmp_path / "curves.png"
+    assert time_to_accuracy.main([path, f"--output={output}"]) == 0
+    assert output.stat().st_size > 0
+
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps({"accuracy": 0.6}))
+    assert time_to_accuracy.main([path, str(evaluation), f"--output={output}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(evaluation) in err and "no model" in err
