@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ferjax import inference  # noqa: E402
+from ferjax import checkpoint, inference  # noqa: E402
 
 
 def main():
@@ -23,10 +23,15 @@ def main():
     parser.add_argument("--checkpoint", default=None, help="model to time (default: the bundled one)")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats={args.repeats}: must be at least 1")
     import jax
     from skimage import data as skdata
 
-    predictor = inference.Predictor(args.checkpoint)
+    try:
+        predictor = inference.Predictor(args.checkpoint)
+    except checkpoint.CheckpointError as e:
+        parser.error(f"--checkpoint: {e}")
     photo = skdata.astronaut()  # 512x512 RGB, one face
     predictor.predict(photo)  # warm-up: compiles the classifier
     latencies = []

@@ -242,7 +242,16 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="computation dtype on both sides (parameters stay float32)")
     args = parser.parse_args()
-    import torch
+    unknown = [name for name in args.models.split(",") if name not in models.names()]
+    if unknown:
+        parser.error(f"--models: unknown model(s) {', '.join(unknown)}; choose from {', '.join(models.names())}")
+    for flag in ("batch_size", "rounds", "steps"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag}={getattr(args, flag)}: must be at least 1")
+    try:
+        import torch
+    except ImportError:
+        parser.error("PyTorch is not installed: pip install -e '.[bench]'")
 
     torch.manual_seed(0)
     device = torch_device()
