@@ -1,13 +1,15 @@
 """Evaluate checkpoints: python -m experiments.evaluate --workdir=runs/stn [--split=test] [--tta=flip]
 
-Several --workdir / --checkpoint values make an ensemble (averaged probabilities). Writes the
-same metrics format as training to --output (default: <first workdir>/eval_<split>_<tta>.json).
+Several --workdir / --checkpoint values make an ensemble (averaged probabilities); with
+--select_on_val the ensemble is the subset of them that greedy forward selection picks on val.
+Writes the same metrics format as training to --output (default: <first workdir>/eval_<split>_<tta>.json).
 """
 
 import json
 import os
 import sys
 
+import numpy as np
 from absl import app, flags
 
 from experiments.flags import define_data_dir_flag, start
@@ -21,7 +23,19 @@ define_data_dir_flag()
 flags.DEFINE_integer("limit", None, "evaluate a stratified subset of this many faces", lower_bound=1)
 flags.DEFINE_integer("batch_size", 500, "evaluation batch size", lower_bound=1)
 flags.DEFINE_string("output", None, "where to write the metrics JSON")
+flags.DEFINE_bool("select_on_val", False, "ensemble only the models that greedy forward selection on val picks "
+                  "(with the same --tta), then evaluate those on --split")
 FLAGS = flags.FLAGS
+
+
+def _select_on_val(candidates: list[str], dataset: data.FER2013) -> dict:
+    """The candidates that greedy forward selection keeps, by val accuracy, with that accuracy."""
+    val = data.stratified_subset(dataset.split("val"), FLAGS.limit)
+    _, probs = evaluate.checkpoint_probs(candidates, val, tta=FLAGS.tta, batch_size=FLAGS.batch_size)
+    chosen = evaluate.greedy_ensemble(probs, val.labels)
+    accuracy = evaluate.metrics_from_probs(val.labels, np.mean([probs[i] for i in chosen], axis=0))["accuracy"]
+    return {"split": "val", "candidates": candidates, "chosen": [candidates[i] for i in chosen],
+            "val_accuracy": accuracy}
 
 
 def main(argv):
@@ -32,11 +46,17 @@ def main(argv):
         return 1
     try:
         dataset = data.load(FLAGS.data_dir)
+        selection = _select_on_val(paths, dataset) if FLAGS.select_on_val else None
+        if selection:
+            paths = selection["chosen"]
         results = evaluate.evaluate_checkpoints(paths, dataset, FLAGS.split, tta=FLAGS.tta,
                                                 batch_size=FLAGS.batch_size, limit=FLAGS.limit)
     except (data.DataError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if selection:
+        results["selection"] = selection
+        print(f"chosen on val ({selection['val_accuracy']:.4f}, tta={FLAGS.tta}): {', '.join(paths)}")
     results.update(device=loop.device_description(), commit=loop.git_commit(),
                    command=" ".join(["python -m experiments.evaluate"] + sys.argv[1:]))
     output = FLAGS.output or os.path.join(paths[0], f"eval_{FLAGS.split}_{FLAGS.tta}.json")

@@ -55,9 +55,9 @@ def metrics_from_probs(labels_N: np.ndarray, probs_NxK: np.ndarray) -> dict:
     return metrics_from_confusion(confusion)
 
 
-def evaluate_checkpoints(paths: Sequence[str], dataset: data.FER2013, split: str = "test", *,
-                         tta: str = "none", batch_size: int = 500, limit: int | None = None) -> dict:
-    """Metrics of one checkpoint, or of an ensemble of several (averaged probabilities), on a split.
+def checkpoint_probs(paths: Sequence[str], faces: data.Split, *, tta: str = "none",
+                     batch_size: int = 500) -> tuple[list[dict], list[np.ndarray]]:
+    """Each checkpoint's class probabilities [N, 7] for `faces`, and a description of each checkpoint.
 
     Each checkpoint brings its own preprocessing (training mean, standardisation, HOG parameters).
 
@@ -66,7 +66,6 @@ def evaluate_checkpoints(paths: Sequence[str], dataset: data.FER2013, split: str
     """
     if tta not in train.TTA_MODES:
         raise ValueError(f"--tta={tta!r}: choose one of {', '.join(train.TTA_MODES)}")
-    faces = data.stratified_subset(dataset.split(split), limit)
     members, probs = [], []
     for path in paths:
         state, meta = checkpoint.load(path)
@@ -78,5 +77,38 @@ def evaluate_checkpoints(paths: Sequence[str], dataset: data.FER2013, split: str
         probs.append(predict_split(state, faces, batch_size, tta=tta, standardize=config["standardize"], extra=extra))
         members.append({"path": path, "model": config["model"], "commit": meta.get("commit"),
                         "epoch": meta.get("epoch")})
+    return members, probs
+
+
+def evaluate_checkpoints(paths: Sequence[str], dataset: data.FER2013, split: str = "test", *,
+                         tta: str = "none", batch_size: int = 500, limit: int | None = None) -> dict:
+    """Metrics of one checkpoint, or of an ensemble of several (averaged probabilities), on a split.
+
+    Raises:
+      CheckpointError: a path holds no readable checkpoint.
+    """
+    faces = data.stratified_subset(dataset.split(split), limit)
+    members, probs = checkpoint_probs(paths, faces, tta=tta, batch_size=batch_size)
     results = metrics_from_probs(faces.labels, np.mean(probs, axis=0))
     return {"split": split, "tta": tta, "members": members, **results}
+
+
+def greedy_ensemble(probs: Sequence[np.ndarray], labels_N: np.ndarray) -> list[int]:
+    """Indices of an ensemble chosen by forward selection (Caruana et al., 2004), in the order chosen.
+
+    Starts from the most accurate member and adds, one at a time, the member that raises the accuracy
+    of the averaged probabilities most; stops when none raises it. Each member is used at most once;
+    ties go to the earlier index. Select on val, never on the split you report.
+    """
+    def accuracy(chosen):
+        return float(np.mean(np.mean([probs[i] for i in chosen], axis=0).argmax(-1) == labels_N))
+
+    chosen, best = [], -1.0
+    while len(chosen) < len(probs):
+        scores = {i: accuracy(chosen + [i]) for i in range(len(probs)) if i not in chosen}
+        candidate = max(scores, key=lambda i: (scores[i], -i))
+        if scores[candidate] <= best:
+            break
+        chosen.append(candidate)
+        best = scores[candidate]
+    return chosen

@@ -105,6 +105,29 @@ def test_evaluate_with_tta_and_ensembles(trained, small_fer2013):
         evaluate.evaluate_checkpoints([workdir + "_missing"], small_fer2013)
 
 
+def test_greedy_ensemble_adds_members_while_val_accuracy_rises():
+    labels = np.array([0, 0, 1, 1])
+    always_wrong = np.array([[.3, .7], [.3, .7], [.8, .2], [.8, .2]])  # 0/4
+    a = np.array([[.9, .1], [.9, .1], [.6, .4], [.2, .8]])  # 3/4, misses face 2
+    b = np.array([[.4, .6], [.6, .4], [.1, .9], [.4, .6]])  # 3/4, misses face 0; with a: 4/4
+    assert evaluate.greedy_ensemble([always_wrong, a, b], labels) == [1, 2]  # a before b: the tie goes to the first
+    assert evaluate.greedy_ensemble([a, a, always_wrong], labels) == [0]  # a copy adds nothing: stop
+
+
+def test_evaluate_script_selects_the_ensemble_on_val(trained, tmp_path, fer2013_dir):
+    workdir, _, _ = trained
+    output = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}",
+                             f"--workdir={workdir}", "--select_on_val", "--limit=70", f"--output={output}"],
+                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "FER2013_DIR": fer2013_dir},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(output) as f:
+        saved = json.load(f)
+    assert saved["selection"]["chosen"] == [workdir] and len(saved["selection"]["candidates"]) == 2
+    assert [m["path"] for m in saved["members"]] == [workdir] and saved["split"] == "test" and saved["count"] == 70
+
+
 def test_kfold_search_and_resumability(small_fer2013, tmp_path):
     grid = kfold.parse_grid("learning_rate=1e-3,3e-3")
     assert grid == [{"learning_rate": 1e-3}, {"learning_rate": 3e-3}]
