@@ -40,6 +40,7 @@ def _select_on_val(candidates: list[str], dataset: data.FER2013) -> dict:
 
 def main(argv):
     start(argv)
+    commit = loop.git_commit()  # of the code that evaluates, before any later edit of the tree
     paths = FLAGS.workdir + FLAGS.checkpoint
     if not paths:
         print("error: pass --workdir=DIR or --checkpoint=DIR (repeat for an ensemble)", file=sys.stderr)
@@ -57,7 +58,7 @@ def main(argv):
     if selection:
         results["selection"] = selection
         print(f"chosen on val ({selection['val_accuracy']:.4f}, tta={FLAGS.tta}): {', '.join(paths)}")
-    results.update(device=loop.device_description(), commit=loop.git_commit(),
+    results.update(device=loop.device_description(), commit=commit,
                    command=" ".join(["python -m experiments.evaluate"] + sys.argv[1:]))
     output = FLAGS.output or os.path.join(paths[0], f"eval_{FLAGS.split}_{FLAGS.tta}.json")
     with open(output, "w") as f:
