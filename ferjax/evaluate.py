@@ -6,6 +6,8 @@ Test-time augmentation (flip, ten-crop) and ensembles average class probabilitie
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Sequence
 
 import jax
@@ -13,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ferjax import checkpoint, data, features, train
+
+log = logging.getLogger(__name__)
 
 
 def metrics_from_confusion(confusion_KxK: np.ndarray) -> dict:
@@ -67,7 +71,8 @@ def checkpoint_probs(paths: Sequence[str], faces: data.Split, *, tta: str = "non
     if tta not in train.TTA_MODES:
         raise ValueError(f"--tta={tta!r}: choose one of {', '.join(train.TTA_MODES)}")
     members, probs = [], []
-    for path in paths:
+    for index, path in enumerate(paths, 1):
+        started = time.perf_counter()
         state, meta = checkpoint.load(path)
         config = meta["config"]
         extra = None
@@ -77,6 +82,9 @@ def checkpoint_probs(paths: Sequence[str], faces: data.Split, *, tta: str = "non
         probs.append(predict_split(state, faces, batch_size, tta=tta, standardize=config["standardize"], extra=extra))
         members.append({"path": path, "model": config["model"], "commit": meta.get("commit"),
                         "epoch": meta.get("epoch")})
+        accuracy = float(np.mean(probs[-1].argmax(-1) == faces.labels))
+        log.info("model %d/%d %s: accuracy %.4f on %d faces (tta=%s) in %.0f s", index, len(paths), path, accuracy,
+                 len(faces), tta, time.perf_counter() - started)
     return members, probs
 
 

@@ -122,6 +122,7 @@ def test_evaluate_script_selects_the_ensemble_on_val(trained, tmp_path, fer2013_
                             cwd=REPO, capture_output=True, text=True, env={**os.environ, "FER2013_DIR": fer2013_dir},
                             timeout=300)
     assert result.returncode == 0, result.stderr
+    assert "model 2/2" in result.stderr  # progress: one line per model and split
     with open(output) as f:
         saved = json.load(f)
     assert saved["selection"]["chosen"] == [workdir] and len(saved["selection"]["candidates"]) == 2
