@@ -146,17 +146,19 @@ def test_max_pool_matches_flax_with_odd_sizes():
 
 
 @pytest.mark.parametrize("kernel_size, padding, channels", [
-    ((3, 3), "SAME", 1),  # one im2col matrix for the kernel gradient
-    ((3, 3), "SAME", 24),  # one matmul per tap
+    ((3, 3), "SAME", 1),  # one im2col matmul for the kernel gradient, col2im for the input gradient
+    ((7, 7), "VALID", 1),  # chunked kernel gradient, col2im input gradient
+    ((3, 3), "SAME", 24),  # chunked kernel gradient, convolution input gradient
     ((5, 5), "VALID", 3),
     ((3, 2), "SAME", 20),  # an even kernel width pads unevenly, as nn.Conv does
+    ((3, 2), "SAME", 1),
 ])
 def test_conv_matches_flax_values_and_gradients(kernel_size, padding, channels):
     import flax.linen as nn
 
     from ferjax.models.layers import Conv
 
-    x = jax.random.normal(jax.random.key(1), (3, 11, 9, channels))
+    x = jax.random.normal(jax.random.key(1), (12, 11, 9, channels))  # three kernel-gradient chunks of 4
     ours, reference = Conv(6, kernel_size, padding), nn.Conv(6, kernel_size, padding=padding)
     variables = reference.init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ferjax import spatial
+from ferjax.models.layers import Conv, max_pool_2x2
 
 WARP_POSITIONS = ("input", "features")
 
@@ -38,10 +39,10 @@ class LocalizationNet(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWx1: jax.Array) -> jax.Array:
-        x = nn.Conv(8, (7, 7), padding="VALID", dtype=self.dtype)(x_BxHxWx1)
-        x = nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2)))
-        x = nn.Conv(10, (5, 5), padding="VALID", dtype=self.dtype)(x)
-        x = nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2)))
+        x = Conv(8, (7, 7), padding="VALID", dtype=self.dtype)(x_BxHxWx1)
+        x = nn.relu(max_pool_2x2(x))
+        x = Conv(10, (5, 5), padding="VALID", dtype=self.dtype)(x)
+        x = nn.relu(max_pool_2x2(x))
         x = nn.relu(nn.Dense(32, dtype=self.dtype)(x.reshape(x.shape[0], -1)))
         theta = nn.Dense(6, kernel_init=nn.initializers.zeros, bias_init=_identity_bias, name="theta")(x)
         return theta.astype(jnp.float32).reshape(-1, 2, 3)
@@ -72,18 +73,18 @@ class DeepEmotion(nn.Module):
             x = aux["warped"] = spatial.warp(x, theta_Bx2x3)
 
         def conv(y, name):
-            y = nn.Conv(10, (3, 3), padding="VALID", dtype=self.dtype, name=name)(y)
+            y = Conv(10, (3, 3), padding="VALID", dtype=self.dtype, name=name)(y)
             return y
 
         x = nn.relu(conv(x, "conv1"))
         self.sow("intermediates", "relu1", x)
         x = conv(x, "conv2")
-        x = nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2)))
+        x = nn.relu(max_pool_2x2(x))
         self.sow("intermediates", "relu2", x)
         x = nn.relu(conv(x, "conv3"))
         self.sow("intermediates", "relu3", x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="bn")(conv(x, "conv4"))
-        x = nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2)))
+        x = nn.relu(max_pool_2x2(x))
         self.sow("intermediates", "relu4", x)
         if self.warp_at == "features":
             x = aux["warped"] = spatial.warp(x, theta_Bx2x3)
