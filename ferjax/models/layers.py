@@ -30,11 +30,11 @@ def _window_corners(x_BxHxWxC: jax.Array) -> list[jax.Array]:
 def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
     """2x2 max pooling, stride 2, odd edges dropped (as 'VALID' pooling).
 
-    Values and gradients equal `nn.max_pool`'s (a tie shares the gradient equally, as autodiff of a
-    max does). On CPU, XLA lowers reduce_window's gradient to index-tracking reductions and a
-    scatter, and the autodiff of a reshaped max to reductions over strided axes; the maximum of the
-    four window corners and a comparison mask for the gradient are faster than both (a `cnn_shallow`
-    train step by 8-20%) and keep less memory.
+    Values equal `nn.max_pool`'s, and so do gradients where a window has one maximum; tied maxima
+    share the gradient equally, as the autodiff of a max does. On CPU, XLA lowers reduce_window's
+    gradient to index-tracking reductions and a scatter, and the autodiff of a reshaped max to
+    reductions over strided axes; the maximum of the four window corners and a comparison mask for
+    the gradient are faster than both (a `cnn_shallow` train step by 8-20%) and keep less memory.
     """
     a, b, c, d = _window_corners(x_BxHxWxC)
     return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))

@@ -73,8 +73,7 @@ class DeepEmotion(nn.Module):
             x = aux["warped"] = spatial.warp(x, theta_Bx2x3)
 
         def conv(y, name):
-            y = Conv(10, (3, 3), padding="VALID", dtype=self.dtype, name=name)(y)
-            return y
+            return Conv(10, (3, 3), padding="VALID", dtype=self.dtype, name=name)(y)
 
         x = nn.relu(conv(x, "conv1"))
         self.sow("intermediates", "relu1", x)
