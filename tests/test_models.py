@@ -181,3 +181,44 @@ def test_conv_matches_flax_values_and_gradients(kernel_size, padding, channels):
     want = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4, 3), (10, 7)])
+def test_batch_norm_relu_matches_flax_values_gradients_and_running_stats(shape):
+    import flax.linen as nn
+
+    from ferjax.models.layers import BatchNormReLU
+
+    class Reference(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train):
+            return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x))
+
+    class Ours(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train):
+            return BatchNormReLU(momentum=0.9, name="bn")(x, train=train)
+
+    x = 2.0 * jax.random.normal(jax.random.key(0), shape) + 0.5
+    variables = Reference().init(jax.random.key(1), x, train=False)
+    assert jax.tree.map(jnp.shape, Ours().init(jax.random.key(1), x, train=False)) == jax.tree.map(jnp.shape, variables)
+    features = shape[-1]  # a scale and bias other than the initial ones, and running stats other than 0 and 1
+    params = {"bn": {"scale": jnp.linspace(0.5, 1.5, features), "bias": jnp.linspace(-0.3, 0.3, features)}}
+    stats = {"bn": {"mean": jnp.linspace(-1, 1, features), "var": jnp.linspace(0.5, 2, features)}}
+    variables = {"params": params, "batch_stats": stats}
+    weights = jax.random.normal(jax.random.key(2), shape)  # a loss whose gradient differs per element
+
+    def loss(module):
+        def f(params, x):
+            y, updates = module.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+            return jnp.sum(weights * y), (y, updates)
+        return f
+
+    for train in (False, True):
+        np.testing.assert_allclose(Ours().apply(variables, x, train=train, mutable=["batch_stats"])[0],
+                                   Reference().apply(variables, x, train=train, mutable=["batch_stats"])[0],
+                                   rtol=1e-5, atol=1e-5)
+    (got_grads, (_, got_stats)) = jax.grad(loss(Ours()), argnums=(0, 1), has_aux=True)(params, x)
+    (want_grads, (_, want_stats)) = jax.grad(loss(Reference()), argnums=(0, 1), has_aux=True)(params, x)
+    for got, want in zip(jax.tree.leaves((got_grads, got_stats)), jax.tree.leaves((want_grads, want_stats))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

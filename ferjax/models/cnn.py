@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ferjax import spatial
-from ferjax.models.layers import Conv, max_pool_2x2
+from ferjax.models.layers import BatchNormReLU, Conv, max_pool_2x2
 from ferjax.models.stn import LocalizationNet
 
 
@@ -33,9 +33,7 @@ class ConvStack(nn.Module):
             for block in range(1, self.convs_per_stage + 1):
                 name = f"conv{stage}_{block}"
                 x = Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=name)(x)
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                                 name=f"bn{stage}_{block}")(x)
-                x = nn.relu(x)
+                x = BatchNormReLU(momentum=0.9, dtype=self.dtype, name=f"bn{stage}_{block}")(x, train=train)
                 self.sow("intermediates", f"relu{stage}_{block}", x)
             x = max_pool_2x2(x)
         return x
@@ -54,8 +52,7 @@ class Head(nn.Module):
         for i, width in enumerate(self.hidden, start=1):
             x_BxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxD)
             x_BxD = nn.Dense(width, use_bias=False, dtype=self.dtype, name=f"fc{i}")(x_BxD)
-            x_BxD = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"fc{i}_bn")(x_BxD)
-            x_BxD = nn.relu(x_BxD)
+            x_BxD = BatchNormReLU(momentum=0.9, dtype=self.dtype, name=f"fc{i}_bn")(x_BxD, train=train)
         prelogits = x_BxD
         x_BxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxD)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x_BxD)
