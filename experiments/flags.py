@@ -76,9 +76,13 @@ def quiet_libraries() -> None:
 
 
 def start(argv) -> None:
-    """What every script's main does first: refuse stray arguments, quiet the libraries."""
+    """What every script's main does first: refuse stray arguments, quiet the libraries, and keep freed
+    host memory for reuse (before JAX's backend starts: see ferjax.host_memory)."""
     from absl import app
+
+    from ferjax import host_memory
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_libraries()
+    host_memory.keep_freed_memory()

@@ -1,12 +1,14 @@
 """Training and inference speed of every model against an equivalent PyTorch implementation.
 
 python scripts/bench_train.py [--models=stn,cnn_shallow] [--batch_size=128] [--rounds=5] [--steps=10]
-                              [--dtype=float32|bfloat16]
+                              [--dtype=float32|bfloat16] [--malloc=keep|default]
 
 Same architecture, batch size, optimizer (Adam), loss (cross-entropy + L2 on kernels), flip
 augmentation inside the step and computation dtype on both sides. Where PyTorch sees a GPU, both
 sides run on it, PyTorch with TF32 allowed as XLA allows it by default. JAX and PyTorch run alternately in one
 process, warm-up excluded; medians over rounds are reported with the ratio JAX / PyTorch.
+Both frameworks share the process's host allocator: by default it keeps freed memory for reuse, as
+ferjax's scripts set it (`ferjax.host_memory`); --malloc=default measures glibc's own behaviour.
 Also measured: the host input pipeline (batching from the cached arrays) against the fastest
 train step, the XLA temporary memory of each JAX train step and the peak resident memory.
 Needs `pip install -e '.[bench]'`.
@@ -27,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ferjax import configs, data, features, models, train  # noqa: E402
+from ferjax import configs, data, features, host_memory, models, train  # noqa: E402
 
 HOG_DIM = features.hog_dim(48, 9, 8, 2)
 
@@ -241,7 +243,10 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="computation dtype on both sides (parameters stay float32)")
+    parser.add_argument("--malloc", default="keep", choices=("keep", "default"),
+                        help="keep: glibc keeps freed memory for reuse (ferjax.host_memory); default: glibc as it is")
     args = parser.parse_args()
+    kept = args.malloc == "keep" and host_memory.keep_freed_memory()  # before JAX or PyTorch start their threads
     unknown = [name for name in args.models.split(",") if name not in models.names()]
     if unknown:
         parser.error(f"--models: unknown model(s) {', '.join(unknown)}; choose from {', '.join(models.names())}")
@@ -264,7 +269,8 @@ def main():
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"{machine}; jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} ({device}, "
           f"{torch.get_num_threads()} threads); batch {args.batch_size}, {args.dtype}, Adam, "
-          f"median of {args.rounds} rounds x {args.steps} steps")
+          f"median of {args.rounds} rounds x {args.steps} steps; host malloc "
+          f"{'keeps freed memory' if kept else 'as glibc sets it'}")
     print("| model | params | JAX train img/s | PyTorch train img/s | ratio | JAX infer img/s | PyTorch infer img/s "
           "| ratio | JAX step temp MB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
