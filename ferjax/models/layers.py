@@ -245,7 +245,8 @@ class BatchNormReLU(nn.Module):
             y = _normalize_relu(x_BxF, scale, bias, running_mean.value, running_var.value, self.epsilon)
             return y.astype(self.dtype)
         if not self.is_initializing():
-            mean, var = jax.lax.stop_gradient(_batch_stats(x_BxF))  # for the running averages only
+            # For the running averages only; XLA shares these reductions with batch_norm_relu's forward.
+            mean, var = jax.lax.stop_gradient(_batch_stats(x_BxF))
             running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
             running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
         return batch_norm_relu(x_BxF, scale, bias, self.epsilon).astype(self.dtype)
