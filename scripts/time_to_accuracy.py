@@ -27,17 +27,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for path, m in loaded:
+    fig, ax = plt.subplots(figsize=(12, 5))
+    # tab10 repeats its colours after ten curves; tab20 keeps up to twenty apart.
+    colors = plt.get_cmap("tab10" if len(loaded) <= 10 else "tab20").colors
+    for i, (path, m) in enumerate(loaded):
         minutes = [h["wall_time"] / 60 for h in m["history"]]
         split = "test" if all("test_accuracy" in h for h in m["history"]) else "val"
         label = (f"{m['model']} ({os.path.basename(os.path.dirname(path))}), {split} curve: "
                  f"final test {100 * m['test_accuracy']:.1f}%")
-        ax.plot(minutes, [100 * h[f"{split}_accuracy"] for h in m["history"]], marker="o", markersize=3, label=label)
+        ax.plot(minutes, [100 * h[f"{split}_accuracy"] for h in m["history"]], marker="o", markersize=3, label=label,
+                color=colors[i % len(colors)])
     ax.set(xlabel="wall-clock minutes", ylabel="accuracy % (test = PrivateTest, val = PublicTest)",
            title="time to accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the curves, not over them
+    fig.tight_layout()
     plots.save_rgb(args.output, plots.figure_to_rgb(fig))
     print(f"wrote {args.output}")
     return 0
