@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(12, 5))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     # tab10 repeats its colours after ten curves; tab20 keeps up to twenty apart.
     colors = plt.get_cmap("tab10" if len(loaded) <= 10 else "tab20").colors
     for i, (path, m) in enumerate(loaded):
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ax.set(xlabel="wall-clock minutes", ylabel="accuracy % (test = PrivateTest, val = PublicTest)",
            title="time to accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the curves, not over them
-    fig.tight_layout()
+    # Beside the axes, where it hides no curve; the saved image grows to hold it (a tight bounding box).
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     plots.save_rgb(args.output, plots.figure_to_rgb(fig))
     print(f"wrote {args.output}")
     return 0
