@@ -115,7 +115,7 @@ def _find_checkpoint(path: str) -> tuple[str, int]:
 
 
 def load(path: str) -> tuple[train.TrainState, dict]:
-    """Loads a state and its meta from a workdir or checkpoint folder.
+    """Loads a state, ready to evaluate (`train.evaluation_state`), and its meta from a workdir or checkpoint folder.
 
     Raises:
       CheckpointError: nothing there, or it cannot be read.
@@ -130,4 +130,4 @@ def load(path: str) -> tuple[train.TrainState, dict]:
     except Exception as e:  # a bad config, or any of the many types orbax and tensorstore raise for damaged files
         reason = (str(e).splitlines() or [""])[0][:200]
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {reason})") from None
-    return state, meta
+    return train.evaluation_state(state), meta

@@ -60,6 +60,7 @@ class Config:
     label_smoothing: float = 0.0  # label smoothing of the cross-entropy targets
     class_weighting: str = "none"  # 'balanced' weights each class by N / (7 * count) in the loss
     grad_clip: float = 0.0  # clip gradients to this global norm (0: off)
+    ema: float = 0.0  # decay of the weights' moving average, which evaluation and saved models use (0: off; e.g. 0.999)
     seed: int = 0  # root PRNG seed: init, shuffling, dropout and augmentation all derive from it
 
     def model_kwargs(self) -> dict:
@@ -110,6 +111,7 @@ class Config:
         check(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
         for flag in ("l2", "weight_decay", "grad_clip"):
             check(getattr(self, flag) >= 0, flag, "must be >= 0")
+        check(0 <= self.ema < 1, "ema", "must be in [0, 1)")
         check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         check(self.class_weighting in CLASS_WEIGHTINGS, "class_weighting",
               f"choose one of {', '.join(CLASS_WEIGHTINGS)}")

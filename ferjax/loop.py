@@ -274,14 +274,15 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                 train_fn, state, inputs, config, epoch, loop_key=loop_key, mesh=mesh, progress=progress,
                 log_every_steps=log_every_steps, checkpoint_dir=latest.directory)
             step = int(state.step)
-            val = _evaluate_totals(eval_fn, state, inputs.val, config.eval_batch_size, inputs.extras["val"], mesh)
+            evaluated = train.evaluation_state(state)
+            val = _evaluate_totals(eval_fn, evaluated, inputs.val, config.eval_batch_size, inputs.extras["val"], mesh)
             epoch_seconds = time.time() - epoch_start
             record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_accuracy": train_accuracy,
                       "val_loss": val["loss"], "val_accuracy": val["accuracy"], "learning_rate": learning_rate,
                       "img_per_s": steps_per_epoch * config.batch_size / epoch_seconds,
                       "wall_time": time.time() - start_time}
             if track_test:
-                record["test_accuracy"] = _evaluate_totals(eval_fn, state, inputs.test, config.eval_batch_size,
+                record["test_accuracy"] = _evaluate_totals(eval_fn, evaluated, inputs.test, config.eval_batch_size,
                                                            inputs.extras["test"], mesh)["accuracy"]
             history.append({k: v if k in ("epoch", "step") else float(v) for k, v in record.items()})
             if parallel.is_logging_process():
@@ -301,7 +302,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         best_step = best.latest_step()
         state = checkpoint.restore_state(best, best_step, state)
         best_epoch = checkpoint.read_meta(best, best_step).get("epoch")
-    results = _evaluate_best(eval_fns, state, inputs, config, final_splits, mesh)
+    results = _evaluate_best(eval_fns, train.evaluation_state(state), inputs, config, final_splits, mesh)
     metrics = {
         "model": config.model,
         "params": params,

@@ -6,10 +6,11 @@ The programmatic API::
     step = jax.jit(functools.partial(train_step, config=config), donate_argnums=0)
     for i, batch in enumerate(data.batches(train, config.batch_size, shuffle_seed=epoch)):
         state, metrics = step(state, batch, jax.random.fold_in(loop_key, i))
-    totals = eval_step(state, batch)
+    totals = eval_step(evaluation_state(state), batch)
 
-Nothing here has side effects: the training-set mean face and the class weights live in
-the state (and so in every checkpoint); dropout and augmentation keys come from `rng`.
+Nothing here has side effects: the training-set mean face, the class weights and the
+weights' moving average (`config.ema`) live in the state (and so in every checkpoint);
+dropout and augmentation keys come from `rng`.
 The training loop that drives these functions is `ferjax.loop`.
 """
 
@@ -35,6 +36,25 @@ class TrainState(train_state.TrainState):
     mean_image: jax.Array  # training-set mean face in [0, 1], HxW: subtracted from every input
     class_weights: jax.Array  # per-class loss weights, [7]
     crop: int = flax.struct.field(pytree_node=False, default=0)  # the model's input window (0: the whole face)
+    # {'params', 'batch_stats'} averaged over the steps (config.ema > 0), else None.
+    averaged: Any = None
+
+
+def evaluation_state(state: TrainState) -> TrainState:
+    """The state to evaluate and predict with: its averaged weights in place where it keeps them."""
+    if state.averaged is None:
+        return state
+    return state.replace(params=state.averaged["params"], batch_stats=state.averaged["batch_stats"], averaged=None)
+
+
+def update_average(averaged: dict, variables: dict, step: jax.Array, decay: float) -> dict:
+    """One step of the exponential moving average of `variables`.
+
+    The decay ramps up as (1 + step) / (10 + step) towards `decay`, so the random initial
+    weights are forgotten within the first few hundred steps.
+    """
+    step_decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return optax.incremental_update(variables, averaged, 1.0 - step_decay)
 
 
 def class_weights(labels: np.ndarray, weighting: str) -> np.ndarray:
@@ -124,14 +144,17 @@ def create_train_state(rng: jax.Array, model: nn.Module, config: Config, *, mean
     size = config.crop or mean_image.shape[0]
     inputs = {"hog": jnp.zeros((1, hog_dim))} if model.needs_hog else {}
     variables = model.init({"params": rng, "dropout": rng}, jnp.zeros((1, size, size, 1)), train=False, **inputs)
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=variables["batch_stats"],
         tx=make_optimizer(config, steps_per_epoch),
         mean_image=jnp.asarray(mean_image, jnp.float32),
         class_weights=jnp.asarray(np.ones(data.NUM_CLASSES) if weights is None else weights, jnp.float32),
         crop=config.crop,
+        # A copy: the train step donates its state, and one buffer cannot be donated twice.
+        averaged=jax.tree.map(jnp.copy, variables) if config.ema else None,
     )
 
 
@@ -174,8 +197,9 @@ def weighted_cross_entropy(logits_BxK, labels_B, weights_B, label_smoothing: flo
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config: Config) -> tuple[TrainState, dict]:
     """One optimisation step on a batch {'image': uint8 BxHxW, 'label', 'mask'[, 'hog', 'hog_flipped']}.
 
-    Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). Returns the new state and
-    device-scalar metrics (loss, cross_entropy, accuracy, learning_rate).
+    Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). With config.ema, the new weights
+    also join their moving average. Returns the new state and device-scalar metrics (loss,
+    cross_entropy, accuracy, learning_rate).
     """
     k_aug, k_crop, k_erase, k_dropout = jax.random.split(rng, 4)
     aug = _augment_config(config)
@@ -195,12 +219,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config: Config
 
     (loss, (ce, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
-    state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, param_updates),
-        opt_state=opt_state,
-        batch_stats=updates["batch_stats"],
-    )
+    variables = {"params": optax.apply_updates(state.params, param_updates), "batch_stats": updates["batch_stats"]}
+    averaged = state.averaged
+    if config.ema:
+        averaged = update_average(averaged, variables, state.step, config.ema)
+    state = state.replace(step=state.step + 1, opt_state=opt_state, averaged=averaged, **variables)
     correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * batch["mask"])
     metrics = {
         "loss": loss,

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -82,6 +83,18 @@ def test_crop_run_reports_ten_crop_and_reloads_its_window(small_fer2013, tmp_pat
     assert state.crop == 40
     tencrop = evaluate.evaluate_checkpoints([str(tmp_path)], small_fer2013, "test", tta="tencrop")
     assert tencrop["accuracy"] == metrics["test_accuracy_tencrop_tta"]
+    assert evaluate.evaluate_checkpoints([str(tmp_path)], small_fer2013, "val")["accuracy"] == metrics["val_accuracy"]
+
+
+def test_weight_average_is_what_the_run_selects_on_and_loads(small_fer2013, tmp_path):
+    config = configs.tiny_config(ema=0.9, epochs=1, batch_size=32)
+    metrics = loop.train_and_evaluate(config, str(tmp_path), dataset=small_fer2013)
+    state, meta = checkpoint.load(str(tmp_path))
+    with checkpoint.manager(str(tmp_path / "checkpoints" / "best"), best=True) as best:
+        saved = checkpoint.restore_state(best, best.latest_step(), checkpoint.abstract_state(meta))
+    assert state.averaged is None and saved.averaged is not None
+    for loaded, averaged in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved.averaged["params"])):
+        np.testing.assert_array_equal(loaded, averaged)
     assert evaluate.evaluate_checkpoints([str(tmp_path)], small_fer2013, "val")["accuracy"] == metrics["val_accuracy"]
 
 

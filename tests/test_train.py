@@ -152,6 +152,40 @@ def test_hog_model_follows_the_flip(small_fer2013):
     assert not np.allclose(straight, mirrored)
 
 
+def test_weight_average_by_hand():
+    averaged, variables = {"w": jnp.array([0.0])}, {"w": jnp.array([1.0])}
+    def average_at(step):
+        return float(train.update_average(averaged, variables, jnp.array(step), 0.999)["w"][0])
+
+    assert average_at(0) == pytest.approx(0.9)  # the ramp's decay (1 + 0) / (10 + 0) = 0.1 < 0.999
+    assert average_at(10**6) == pytest.approx(1e-3, rel=1e-4)  # late in training the configured decay rules
+    with pytest.raises(configs.ConfigError, match="--ema=1.0: must be in"):
+        configs.tiny_config(ema=1.0)
+
+
+def test_train_step_averages_the_weights_that_evaluation_uses(small_fer2013):
+    config = configs.tiny_config(ema=0.5)
+    batch = _batch(small_fer2013.train, 16)
+    state = _state(config, small_fer2013.train)
+    assert train.evaluation_state(_state(configs.tiny_config(), small_fer2013.train)).averaged is None
+    step = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+    previous = jax.tree.map(np.asarray, state.averaged)
+    for i in range(3):
+        state, _ = step(state, batch, jax.random.key(i))
+        expected = train.update_average(previous, {"params": state.params, "batch_stats": state.batch_stats},
+                                        jnp.array(i), 0.5)
+        for x, y in zip(jax.tree.leaves(state.averaged), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+        previous = jax.tree.map(np.asarray, state.averaged)
+    evaluated = train.evaluation_state(state)
+    for x, y in zip(jax.tree.leaves(evaluated.params), jax.tree.leaves(state.averaged["params"])):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(evaluated.params),
+                                                        jax.tree.leaves(state.params)))
+    live = train.eval_step(state, batch)["loss_sum"]
+    assert float(train.eval_step(evaluated, batch)["loss_sum"]) != float(live)
+
+
 def test_bfloat16_computation_keeps_float32_parameters(small_fer2013):
     config = configs.tiny_config(model="_tiny_stn_deep", dtype="bfloat16")
     state = _state(config, small_fer2013.train)
