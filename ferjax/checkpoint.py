@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 
 import jax
@@ -66,10 +67,17 @@ def manager(directory: str, *, best: bool = False) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def _stored_arrays(state: train.TrainState) -> dict:
+    """The state's array fields as orbax stores them, by name. A run without a weight average stores no
+    `averaged` entry, so its checkpoints and those from before --ema existed have the same layout."""
+    return {field.name: getattr(state, field.name) for field in dataclasses.fields(state)
+            if field.metadata.get("pytree_node", True) and getattr(state, field.name) is not None}
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: train.TrainState, meta: dict,
          metrics: dict | None = None) -> None:
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-              metrics=metrics)
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_stored_arrays(state)),
+                                            meta=ocp.args.JsonSave(meta)), metrics=metrics)
     mngr.wait_until_finished()
 
 
@@ -94,7 +102,8 @@ def abstract_state(meta: dict, steps_per_epoch: int = 1) -> train.TrainState:
 def restore_state(mngr: ocp.CheckpointManager, step: int, target: train.TrainState) -> train.TrainState:
     """The state saved at `step`, with the structure, shapes and shardings of `target`."""
     with _draining_event_loops():
-        return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        arrays = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_stored_arrays(target))))
+    return target.replace(**arrays["state"])
 
 
 def _find_checkpoint(path: str) -> tuple[str, int]:

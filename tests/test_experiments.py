@@ -98,6 +98,32 @@ def test_weight_average_is_what_the_run_selects_on_and_loads(small_fer2013, tmp_
     assert evaluate.evaluate_checkpoints([str(tmp_path)], small_fer2013, "val")["accuracy"] == metrics["val_accuracy"]
 
 
+def test_checkpoints_from_before_the_weight_average_still_load(trained, tmp_path):
+    """A state saved whole by orbax, in the layout TrainState had before its `averaged` field."""
+    from typing import Any
+
+    import orbax.checkpoint as ocp
+    from flax.training import train_state
+
+    class EarlierTrainState(train_state.TrainState):
+        batch_stats: Any
+        mean_image: Any
+        class_weights: Any
+
+    workdir, _, _ = trained
+    state, meta = checkpoint.load(workdir)
+    earlier = EarlierTrainState(step=state.step, apply_fn=None, params=state.params, tx=None,
+                                opt_state=state.opt_state, batch_stats=state.batch_stats,
+                                mean_image=state.mean_image, class_weights=state.class_weights)
+    with checkpoint.manager(str(tmp_path)) as mngr:
+        mngr.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(earlier), meta=ocp.args.JsonSave(meta)))
+        mngr.wait_until_finished()
+    loaded, _ = checkpoint.load(str(tmp_path))
+    assert int(loaded.step) == int(state.step) and loaded.averaged is None
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_non_finite_loss_stops_with_a_clear_error(small_fer2013, tmp_path):
     config = configs.tiny_config(learning_rate=1e30, batch_size=32)
     with pytest.raises(loop.TrainingError, match="non-finite loss at step"):
