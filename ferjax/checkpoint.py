@@ -106,6 +106,32 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target: train.TrainSta
     return target.replace(**arrays["state"])
 
 
+def changed_flags(saved_config: dict, config: Config) -> list[str]:
+    """The config fields whose values differ between a checkpoint's stored config and `config`, as flags."""
+    saved = Config.from_dict(saved_config)
+    return [f"--{f.name}" for f in dataclasses.fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
+
+
+def resume(mngr: ocp.CheckpointManager, target: train.TrainState, config: Config) -> tuple[train.TrainState, list[str]]:
+    """The latest state in `mngr` restored into `target`, and the flags `config` changes from the saved run.
+
+    Raises:
+      CheckpointError: the checkpoint cannot be read into `target`; names the flags that differ, since a changed
+        model, optimizer or --ema changes the state's layout.
+    """
+    step = mngr.latest_step()
+    try:
+        changed = changed_flags(read_meta(mngr, step)["config"], config)
+    except Exception as e:
+        raise CheckpointError(f"{mngr.directory}/{step}: unreadable meta ({type(e).__name__}: {e})") from None
+    try:
+        return restore_state(mngr, step, target), changed
+    except Exception as e:  # orbax and tensorstore raise many types for a layout that does not match
+        why = f"flags changed since it was saved: {', '.join(changed)}" if changed else (
+            f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        raise CheckpointError(f"{mngr.directory}/{step}: cannot resume this run ({why})") from None
+
+
 def _find_checkpoint(path: str) -> tuple[str, int]:
     """(manager directory, step) for a workdir (prefers checkpoints/best), a checkpoints/{best,latest} folder,
     or one step folder."""

@@ -216,6 +216,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     Raises:
       ConfigError: a bad value, e.g. a batch larger than the training set.
       DataError: missing or bad data.
+      CheckpointError: resume=True and the latest checkpoint cannot be read into this config's state.
       TrainingError: a non-finite loss; the last good checkpoint is kept.
     """
     config.validate()
@@ -251,7 +252,9 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         history_path = os.path.join(workdir, "history.csv")
         history = []
         if resume and latest.latest_step() is not None:
-            state = checkpoint.restore_state(latest, latest.latest_step(), state)
+            state, changed = checkpoint.resume(latest, state, config)
+            if changed:
+                log.warning("resuming with flags changed since the last checkpoint: %s", ", ".join(changed))
             history = [h for h in _read_history(history_path) if h["step"] <= int(state.step)]
             log.info("resumed from %s at step %d", latest.directory, int(state.step))
         elif latest.latest_step() is not None:

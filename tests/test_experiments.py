@@ -76,6 +76,35 @@ def test_resume_continues_at_the_saved_step(trained, small_fer2013, tmp_path):
     assert int(state.step) == 20
 
 
+def test_resume_names_the_flags_that_change_the_state_layout(trained, small_fer2013, tmp_path):
+    workdir, config, _ = trained
+    import shutil
+
+    shutil.copytree(workdir, tmp_path / "run")
+    averaged = configs.tiny_config(**{**config.__dict__, "epochs": 2, "ema": 0.9})
+    with pytest.raises(checkpoint.CheckpointError, match=r"cannot resume this run \(flags changed since it was "
+                                                         r"saved: --epochs, --ema\)"):
+        loop.train_and_evaluate(averaged, str(tmp_path / "run"), dataset=small_fer2013, resume=True)
+
+
+def test_resumed_weight_average_matches_an_uninterrupted_run(small_fer2013, tmp_path):
+    """The average is part of the saved state, so stopping after epoch 1 and resuming changes nothing."""
+    two_epochs = configs.tiny_config(ema=0.9, epochs=2, batch_size=32)
+    loop.train_and_evaluate(two_epochs, str(tmp_path / "whole"), dataset=small_fer2013)
+    loop.train_and_evaluate(configs.tiny_config(**{**two_epochs.__dict__, "epochs": 1}), str(tmp_path / "split"),
+                            dataset=small_fer2013)
+    loop.train_and_evaluate(two_epochs, str(tmp_path / "split"), dataset=small_fer2013, resume=True)
+    states = []
+    for run in ("whole", "split"):
+        with checkpoint.manager(str(tmp_path / run / "checkpoints" / "latest")) as latest:
+            meta = checkpoint.read_meta(latest, latest.latest_step())
+            states.append(checkpoint.restore_state(latest, latest.latest_step(), checkpoint.abstract_state(meta)))
+    whole, split = states
+    assert int(whole.step) == int(split.step) == 20
+    for a, b in zip(jax.tree.leaves(whole.averaged), jax.tree.leaves(split.averaged), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_crop_run_reports_ten_crop_and_reloads_its_window(small_fer2013, tmp_path):
     config = configs.tiny_config(crop=40, epochs=1, batch_size=32)
     metrics = loop.train_and_evaluate(config, str(tmp_path), dataset=small_fer2013)
