@@ -4,6 +4,7 @@ python scripts/results_table.py results/*/metrics.json          # one row per ru
 python scripts/results_table.py --seeds results/*/metrics.json  # runs that differ only in --seed: mean ± std
 """
 
+import dataclasses
 import json
 import os
 import statistics
@@ -12,6 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ferjax import runs  # noqa: E402
+from ferjax.configs import Config  # noqa: E402
 
 # (column title, metrics.json key) of the accuracies the seed summary aggregates.
 ACCURACIES = (("val %", "val_accuracy"), ("test %", "test_accuracy"), ("test % (flip TTA)", "test_accuracy_flip_tta"),
@@ -43,10 +45,14 @@ def mean_std(values: list[float]) -> str:
 
 
 def seed_groups(runs: list[dict]) -> list[list[dict]]:
-    """Runs whose configs are equal but for the seed, in groups of two or more, in first-seen order."""
+    """Runs whose configs are equal but for the seed, in groups of two or more, in first-seen order.
+
+    Fields a run's config lacks (it predates them) count as their defaults, which is how it trained.
+    """
     groups: dict[str, list[dict]] = {}
     for m in runs:
-        key = json.dumps({k: v for k, v in m["config"].items() if k != "seed"}, sort_keys=True)
+        config = dataclasses.asdict(Config.from_dict(m["config"]))
+        key = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
         groups.setdefault(key, []).append(m)
     return [group for group in groups.values() if len(group) > 1]
 

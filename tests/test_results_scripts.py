@@ -43,6 +43,14 @@ def test_seed_summary_groups_runs_that_differ_only_in_seed():
     assert line.count("| - |") == 1  # no ten-crop accuracy in these runs
 
 
+def test_seed_summary_reads_a_field_a_run_predates_as_its_default():
+    earlier, later, changed = _metrics(0, 0.60), _metrics(1, 0.64), _metrics(2, 0.62)
+    later["config"]["ema"] = 0.0  # written after the field existed, with its default
+    changed["config"]["ema"] = 0.999
+    groups = results_table.seed_groups([earlier, later, changed])
+    assert [[m["config"]["seed"] for m in g] for g in groups] == [[0, 1]]
+
+
 def test_runs_table_has_one_row_per_metrics_file(tmp_path, capsys):
     paths = []
     for seed in (0, 1):
