@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         split = "test" if all("test_accuracy" in h for h in m["history"]) else "val"
         label = (f"{m['model']} ({os.path.basename(os.path.dirname(path))}), {split} curve: "
                  f"final test {100 * m['test_accuracy']:.1f}%")
+        # The first file's curve on top: list the runs to compare first.
         ax.plot(minutes, [100 * h[f"{split}_accuracy"] for h in m["history"]], marker="o", markersize=3, label=label,
-                color=colors[i % len(colors)])
+                color=colors[i % len(colors)], zorder=len(loaded) - i)
     ax.set(xlabel="wall-clock minutes", ylabel="accuracy % (test = PrivateTest, val = PublicTest)",
            title="time to accuracy")
     ax.grid(alpha=0.3)
