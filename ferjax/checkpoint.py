@@ -106,6 +106,11 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target: train.TrainSta
     return target.replace(**arrays["state"])
 
 
+def _reason(e: Exception) -> str:
+    """An exception as one short line: orbax and tensorstore messages run over many."""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
 def changed_flags(saved_config: dict, config: Config) -> list[str]:
     """The config fields whose values differ between a checkpoint's stored config and `config`, as flags."""
     saved = Config.from_dict(saved_config)
@@ -123,12 +128,11 @@ def resume(mngr: ocp.CheckpointManager, target: train.TrainState, config: Config
     try:
         changed = changed_flags(read_meta(mngr, step)["config"], config)
     except Exception as e:
-        raise CheckpointError(f"{mngr.directory}/{step}: unreadable meta ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{mngr.directory}/{step}: unreadable meta ({_reason(e)})") from None
     try:
         return restore_state(mngr, step, target), changed
     except Exception as e:  # orbax and tensorstore raise many types for a layout that does not match
-        why = f"flags changed since it was saved: {', '.join(changed)}" if changed else (
-            f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        why = f"flags changed since it was saved: {', '.join(changed)}" if changed else _reason(e)
         raise CheckpointError(f"{mngr.directory}/{step}: cannot resume this run ({why})") from None
 
 
@@ -163,6 +167,5 @@ def load(path: str) -> tuple[train.TrainState, dict]:
             meta = read_meta(mngr, step)
             state = restore_state(mngr, step, abstract_state(meta))
     except Exception as e:  # a bad config, or any of the many types orbax and tensorstore raise for damaged files
-        reason = (str(e).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {reason})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({_reason(e)})") from None
     return train.evaluation_state(state), meta

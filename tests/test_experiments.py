@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -62,8 +63,6 @@ def test_event_files_read_back_with_tensorboard(trained):
 def test_resume_continues_at_the_saved_step(trained, small_fer2013, tmp_path):
     workdir, config, _ = trained
     resumed_dir = tmp_path / "resumed"
-    import shutil
-
     shutil.copytree(workdir, resumed_dir)
     longer = configs.tiny_config(**{**config.__dict__, "epochs": 2})
     with pytest.raises(ConfigError, match="holds checkpoints already; pass --resume"):
@@ -78,8 +77,6 @@ def test_resume_continues_at_the_saved_step(trained, small_fer2013, tmp_path):
 
 def test_resume_names_the_flags_that_change_the_state_layout(trained, small_fer2013, tmp_path):
     workdir, config, _ = trained
-    import shutil
-
     shutil.copytree(workdir, tmp_path / "run")
     averaged = configs.tiny_config(**{**config.__dict__, "epochs": 2, "ema": 0.9})
     with pytest.raises(checkpoint.CheckpointError, match=r"cannot resume this run \(flags changed since it was "
@@ -272,8 +269,6 @@ def test_every_config_field_is_a_typed_flag():
 
 
 def test_damaged_checkpoint_is_a_clear_error(trained, tmp_path):
-    import shutil
-
     workdir, _, _ = trained
     damaged = tmp_path / "damaged"
     shutil.copytree(os.path.join(workdir, "checkpoints", "best"), damaged)
