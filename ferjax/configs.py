@@ -30,6 +30,7 @@ class Config:
     dropout: float | None = None  # dropout rate; None keeps the model's default
     warp_at: str = "input"  # stn only: warp the 'input' image or the last conv 'features'
     widths: tuple[int, ...] | None = None  # CNN families: channels per stage; None keeps the default
+    ceil_pool: bool = False  # CNN families: pooling keeps an odd map's last row and column instead of dropping them
     dtype: str = "float32"  # computation dtype: float32, or bfloat16 on accelerators (parameters stay float32)
     # Input pipeline.
     standardize: bool = False  # per-image standardisation after training-mean subtraction
@@ -72,6 +73,8 @@ class Config:
             kwargs["warp_at"] = self.warp_at
         if self.widths is not None:
             kwargs["widths"] = tuple(self.widths)
+        if self.ceil_pool:
+            kwargs["ceil_pool"] = True
         if self.dtype != "float32":
             kwargs["dtype"] = jnp.dtype(self.dtype)
         return kwargs

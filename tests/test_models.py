@@ -155,6 +155,35 @@ def test_max_pool_matches_flax_with_odd_sizes():
     np.testing.assert_allclose(grad(ties, max_pool_2x2), grad(ties, reshaped_max), rtol=1e-6)
 
 
+def test_ceil_pool_matches_flax_same_pooling():
+    import flax.linen as nn
+
+    from ferjax.models.layers import max_pool_2x2, pad_to_even
+
+    def ceil_pool(x):
+        return max_pool_2x2(pad_to_even(x))
+
+    def flax_same(x):
+        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")  # pads the odd edge with -inf
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8, 3))
+    np.testing.assert_array_equal(ceil_pool(x), flax_same(x))
+    weights = jax.random.normal(jax.random.key(1), (2, 3, 4, 3))
+    grad = jax.grad(lambda x, pool: (pool(x) * weights).sum())
+    np.testing.assert_array_equal(grad(x, ceil_pool), grad(x, flax_same))
+
+
+def test_ceil_pool_keeps_the_last_row_and_column_of_a_40x40_crop():
+    widths = (48, 96, 192, 384)  # 40 -> 20 -> 10 -> 5 -> 2 (floor) or 3 (ceil)
+    x = jnp.zeros((1, 40, 40, 1))
+    for ceil_pool, side in [(False, 2), (True, 3)]:
+        model = models.create("cnn_shallow", widths=widths, ceil_pool=ceil_pool)
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+        assert variables["params"]["classifier"]["fc1"]["kernel"].shape == (side * side * 384, 256)
+    with pytest.raises(ValueError, match="bad config for model 'stn'"):
+        models.create("stn", ceil_pool=True)
+
+
 @pytest.mark.parametrize("kernel_size, padding, channels", [
     ((3, 3), "SAME", 1),  # one im2col matmul for the kernel gradient, col2im for the input gradient
     ((7, 7), "VALID", 1),  # chunked kernel gradient, col2im input gradient

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ferjax import spatial
-from ferjax.models.layers import BatchNormReLU, Conv, max_pool_2x2
+from ferjax.models.layers import BatchNormReLU, Conv, max_pool_2x2, pad_to_even
 from ferjax.models.stn import LocalizationNet
 
 
@@ -24,6 +24,7 @@ class ConvStack(nn.Module):
 
     widths: Sequence[int] = (32, 64, 128, 256)  # channels per stage
     convs_per_stage: int = 2  # conv blocks per stage
+    ceil_pool: bool = False  # pooling keeps an odd map's last row and column instead of dropping them
     dtype: Any = jnp.float32  # computation dtype
 
     @nn.compact
@@ -35,7 +36,7 @@ class ConvStack(nn.Module):
                 x = Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=name)(x)
                 x = BatchNormReLU(momentum=0.9, dtype=self.dtype, name=f"bn{stage}_{block}")(x, train=train)
                 self.sow("intermediates", f"relu{stage}_{block}", x)
-            x = max_pool_2x2(x)
+            x = max_pool_2x2(pad_to_even(x) if self.ceil_pool else x)
         return x
 
 
@@ -71,6 +72,7 @@ class CNN(nn.Module):
 
     widths: Sequence[int] = (32, 64, 128, 256)  # channels per stage; the depth is len(widths) * convs_per_stage
     convs_per_stage: int = 2  # conv blocks per stage
+    ceil_pool: bool = False  # pooling keeps an odd map's last row and column (a 40x40 crop's 5x5 map: 3x3, not 2x2)
     hidden: Sequence[int] = (256,)  # hidden dense widths
     dropout: float = 0.5  # dropout rate in the head
     attention: bool = False  # spatial transformer in front of the trunk
@@ -88,7 +90,8 @@ class CNN(nn.Module):
         if self.attention:
             aux["theta"] = LocalizationNet(self.dtype, name="stn_loc")(x_BxHxWx1)
             x_BxHxWx1 = aux["warped"] = spatial.warp(x_BxHxWx1, aux["theta"])
-        features = ConvStack(self.widths, self.convs_per_stage, self.dtype, name="convs")(x_BxHxWx1, train=train)
+        convs = ConvStack(self.widths, self.convs_per_stage, self.ceil_pool, self.dtype, name="convs")
+        features = convs(x_BxHxWx1, train=train)
         features = features.reshape(features.shape[0], -1)
         if self.fuse_hog:
             if hog is None:

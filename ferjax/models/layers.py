@@ -26,6 +26,15 @@ def _window_corners(x_BxHxWxC: jax.Array) -> list[jax.Array]:
     return [x[:, i::2, j::2] for i in (0, 1) for j in (0, 1)]
 
 
+def pad_to_even(x_BxHxWxC: jax.Array) -> jax.Array:
+    """Repeats the last row / column of an odd-sized map, so that 2x2 pooling keeps it (ceil mode).
+
+    A repeated edge, unlike -inf padding, leaves the maxima and their gradients unchanged.
+    """
+    height, width = x_BxHxWxC.shape[1:3]
+    return jnp.pad(x_BxHxWxC, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
 @jax.custom_vjp
 def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
     """2x2 max pooling, stride 2, odd edges dropped (as 'VALID' pooling).
