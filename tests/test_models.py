@@ -1,5 +1,7 @@
 """Every registered model: exact parameter count, shapes, train/eval behaviour, attention specifics."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,7 +180,7 @@ def test_ceil_pool_keeps_the_last_row_and_column_of_a_40x40_crop():
     x = jnp.zeros((1, 40, 40, 1))
     for ceil_pool, side in [(False, 2), (True, 3)]:
         model = models.create("cnn_shallow", widths=widths, ceil_pool=ceil_pool)
-        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+        variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
         assert variables["params"]["classifier"]["fc1"]["kernel"].shape == (side * side * 384, 256)
     with pytest.raises(ValueError, match="bad config for model 'stn'"):
         models.create("stn", ceil_pool=True)
