@@ -41,6 +41,24 @@ def test_matches_reference_on_random_images_and_thetas(height, width, out_h, out
     assert outside.any(), "the thetas should send some samples outside the image"
 
 
+def test_image_gradient_is_the_transposed_reference_sampling():
+    # Sampling is linear in the image, so the gradient of <sample(image), cotangent> with respect to
+    # pixel p is <sample(e_p), cotangent>, with e_p the image that is 1 at p and 0 elsewhere.
+    rng = np.random.default_rng(7)
+    theta = np.eye(2, 3)[None] + rng.normal(scale=0.5, size=(1, 2, 3))
+    cotangent = rng.normal(size=(1, 5, 6, 1))
+    grid = spatial.affine_grid(jnp.asarray(theta, jnp.float32), 5, 6)
+    ours = jax.grad(lambda image: jnp.sum(spatial.grid_sample(image, grid) * cotangent))(jnp.zeros((1, 4, 5, 1)))
+    expected = np.zeros((1, 4, 5, 1))
+    for y in range(4):
+        for x in range(5):
+            unit = np.zeros((1, 4, 5, 1))
+            unit[0, y, x] = 1
+            expected[0, y, x] = np.sum(reference_grid_sample(unit, theta, 5, 6) * cotangent)
+    assert np.abs(expected).sum() > 0
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
 def test_affine_grid_identity_is_pixel_centres():
     grid = spatial.affine_grid(jnp.eye(2, 3)[None], 2, 4)
     np.testing.assert_allclose(grid[0, 0, :, 0], [-0.75, -0.25, 0.25, 0.75])
