@@ -29,7 +29,8 @@ def _window_corners(x_BxHxWxC: jax.Array) -> list[jax.Array]:
 def pad_to_even(x_BxHxWxC: jax.Array) -> jax.Array:
     """Repeats the last row / column of an odd-sized map, so that 2x2 pooling keeps it (ceil mode).
 
-    A repeated edge, unlike -inf padding, leaves the maxima and their gradients unchanged.
+    The copy leaves every window's maximum unchanged, and its share of a tied maximum's gradient
+    flows back to the edge through the pad, so values and gradients equal -inf ('SAME') padding's.
     """
     height, width = x_BxHxWxC.shape[1:3]
     return jnp.pad(x_BxHxWxC, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
