@@ -37,7 +37,7 @@ def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     for field in dataclasses.fields(Config):
         help_text = _field_help(field.name)
         kind = base_type(field)
-        if field.name == "widths":
+        if kind == "tuple[int, ...]":
             flags.DEFINE_list(field.name, None, help_text, flag_values=flag_values)
         elif kind == "bool":
             flags.DEFINE_bool(field.name, field.default, help_text, flag_values=flag_values)
@@ -54,11 +54,11 @@ def config_from_flags(flag_values=flags.FLAGS) -> Config:
     values = {}
     for field in dataclasses.fields(Config):
         value = flag_values[field.name].value
-        if field.name == "widths" and value is not None:
+        if base_type(field) == "tuple[int, ...]" and value is not None:
             try:
                 value = tuple(int(v) for v in value)
             except ValueError:
-                raise flags.ValidationError(f"--widths={','.join(value)}: expected integers") from None
+                raise flags.ValidationError(f"--{field.name}={','.join(value)}: expected integers") from None
         values[field.name] = value
     return Config(**values)
 

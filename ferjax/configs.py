@@ -30,6 +30,7 @@ class Config:
     dropout: float | None = None  # dropout rate; None keeps the model's default
     warp_at: str = "input"  # stn only: warp the 'input' image or the last conv 'features'
     widths: tuple[int, ...] | None = None  # CNN families: channels per stage; None keeps the default
+    hidden: tuple[int, ...] | None = None  # CNN families: widths of the hidden dense layers; None keeps the default
     ceil_pool: bool = False  # CNN families: pooling keeps an odd map's last row and column instead of dropping them
     dtype: str = "float32"  # computation dtype: float32, or bfloat16 on accelerators (parameters stay float32)
     # Input pipeline.
@@ -73,6 +74,8 @@ class Config:
             kwargs["warp_at"] = self.warp_at
         if self.widths is not None:
             kwargs["widths"] = tuple(self.widths)
+        if self.hidden is not None:
+            kwargs["hidden"] = tuple(self.hidden)
         if self.ceil_pool:
             kwargs["ceil_pool"] = True
         if self.dtype != "float32":
@@ -94,6 +97,7 @@ class Config:
         check(self.warp_at in ("input", "features"), "warp_at", "must be 'input' or 'features'")
         check(self.dtype in DTYPES, "dtype", f"choose one of {', '.join(DTYPES)}")
         check(self.widths is None or (len(self.widths) > 0 and min(self.widths) > 0), "widths", "must be positive")
+        check(self.hidden is None or min(self.hidden, default=1) > 0, "hidden", "must be positive")
         check(self.shift >= 0, "shift", "must be >= 0")
         check(0 <= self.rotate <= 180, "rotate", "must be in [0, 180]")
         check(0 <= self.scale < 1, "scale", "must be in [0, 1)")
@@ -133,9 +137,8 @@ class Config:
         unknown = set(fields) - known
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
-        if fields.get("widths") is not None:
-            fields = {**fields, "widths": tuple(fields["widths"])}
-        return cls(**fields)
+        # JSON has lists where the config has tuples.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def base_type(field: dataclasses.Field) -> str:

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 def parse_grid(spec: str) -> list[dict]:
     """'learning_rate=1e-3,3e-3;dropout=0.3,0.5' -> the cartesian product as a list of overrides.
 
-    Values are converted to the type of the Config field. An empty spec is one run of the base config.
+    Values are converted to the type of the Config field; a tuple field's numbers are joined by '/'
+    ('hidden=256,512/256'). An empty spec is one run of the base config.
 
     Raises:
       ConfigError: an unknown field or a value of the wrong type.
@@ -51,6 +52,8 @@ def _convert(kind: str, value: str, name: str):
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "tuple[int, ...]":
+            return tuple(int(v) for v in value.split("/"))
     except ValueError:
         raise ConfigError(f"--grid: {name}={value!r} is not a {kind}") from None
     return value

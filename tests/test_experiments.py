@@ -8,12 +8,13 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ferjax import checkpoint, configs, evaluate, kfold, loop
+from ferjax import checkpoint, configs, evaluate, kfold, loop, models
 from ferjax.configs import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,9 +261,24 @@ def test_every_config_field_is_a_typed_flag():
     values = absl_flags.FlagValues()
     experiment_flags.define_config_flags(values)
     assert {f.name for f in dataclasses.fields(configs.Config)} <= set(values)
-    values(["prog", "--dropout=0.3", "--limit_train=50", "--widths=8,16", "--noflip", "--model=cnn_shallow"])
+    values(["prog", "--dropout=0.3", "--limit_train=50", "--widths=8,16", "--hidden=32,16", "--noflip",
+            "--model=cnn_shallow"])
     config = experiment_flags.config_from_flags(values).validate()
     assert config.dropout == 0.3 and config.limit_train == 50 and config.widths == (8, 16) and not config.flip
+    assert config.hidden == (32, 16) and configs.Config.from_dict(json.loads(config.to_json())) == config
+
+
+def test_hidden_widths_shape_the_head_and_take_a_grid():
+    config = configs.tiny_config(hidden=(12, 10))
+    model = models.create(config.model, **config.model_kwargs())
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    head = variables["params"]["classifier"]
+    assert head["fc1"]["kernel"].shape[-1] == 12 and head["fc2"]["kernel"].shape == (12, 10)
+    assert kfold.parse_grid("hidden=32,16/8") == [{"hidden": (32,)}, {"hidden": (16, 8)}]
+    with pytest.raises(ConfigError, match="--hidden=.*must be positive"):
+        configs.tiny_config(hidden=(0,))
+    with pytest.raises(ConfigError, match="--model=stn"):
+        configs.get_config("stn", hidden=(64,))
 
 
 def test_damaged_checkpoint_is_a_clear_error(trained, tmp_path):
