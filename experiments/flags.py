@@ -9,7 +9,7 @@ import inspect
 from absl import flags
 
 from ferjax import data
-from ferjax.configs import Config, base_type
+from ferjax.configs import INT_TUPLE, Config, base_type
 
 
 @functools.cache
@@ -37,7 +37,7 @@ def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     for field in dataclasses.fields(Config):
         help_text = _field_help(field.name)
         kind = base_type(field)
-        if kind == "tuple[int, ...]":
+        if kind == INT_TUPLE:
             flags.DEFINE_list(field.name, None, help_text, flag_values=flag_values)
         elif kind == "bool":
             flags.DEFINE_bool(field.name, field.default, help_text, flag_values=flag_values)
@@ -54,7 +54,7 @@ def config_from_flags(flag_values=flags.FLAGS) -> Config:
     values = {}
     for field in dataclasses.fields(Config):
         value = flag_values[field.name].value
-        if base_type(field) == "tuple[int, ...]" and value is not None:
+        if base_type(field) == INT_TUPLE and value is not None:
             try:
                 value = tuple(int(v) for v in value)
             except ValueError:

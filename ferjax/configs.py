@@ -17,6 +17,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 CLASS_WEIGHTINGS = ("none", "balanced")
 DTYPES = ("float32", "bfloat16")
+INT_TUPLE = "tuple[int, ...]"  # base_type of the fields that take several integers (--widths, --hidden)
 
 
 class ConfigError(ValueError):

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from ferjax import data, loop, runs
-from ferjax.configs import Config, ConfigError, base_type
+from ferjax.configs import INT_TUPLE, Config, ConfigError, base_type
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _convert(kind: str, value: str, name: str):
             return int(value)
         if kind == "float":
             return float(value)
-        if kind == "tuple[int, ...]":
+        if kind == INT_TUPLE:
             return tuple(int(v) for v in value.split("/"))
     except ValueError:
         raise ConfigError(f"--grid: {name}={value!r} is not a {kind}") from None
