@@ -31,6 +31,7 @@ class Config:
     dropout: float | None = None  # dropout rate; None keeps the model's default
     warp_at: str = "input"  # stn only: warp the 'input' image or the last conv 'features'
     widths: tuple[int, ...] | None = None  # CNN families: channels per stage; None keeps the default
+    convs_per_stage: int | None = None  # CNN families: conv blocks per stage; None keeps the default
     hidden: tuple[int, ...] | None = None  # CNN families: widths of the hidden dense layers; None keeps the default
     ceil_pool: bool = False  # CNN families: pooling keeps an odd map's last row and column instead of dropping them
     dtype: str = "float32"  # computation dtype: float32, or bfloat16 on accelerators (parameters stay float32)
@@ -75,6 +76,8 @@ class Config:
             kwargs["warp_at"] = self.warp_at
         if self.widths is not None:
             kwargs["widths"] = tuple(self.widths)
+        if self.convs_per_stage is not None:
+            kwargs["convs_per_stage"] = self.convs_per_stage
         if self.hidden is not None:
             kwargs["hidden"] = tuple(self.hidden)
         if self.ceil_pool:
@@ -98,6 +101,7 @@ class Config:
         check(self.warp_at in ("input", "features"), "warp_at", "must be 'input' or 'features'")
         check(self.dtype in DTYPES, "dtype", f"choose one of {', '.join(DTYPES)}")
         check(self.widths is None or (len(self.widths) > 0 and min(self.widths) > 0), "widths", "must be positive")
+        check(self.convs_per_stage is None or self.convs_per_stage > 0, "convs_per_stage", "must be positive")
         check(self.hidden is None or min(self.hidden, default=1) > 0, "hidden", "must be positive")
         check(self.shift >= 0, "shift", "must be >= 0")
         check(0 <= self.rotate <= 180, "rotate", "must be in [0, 180]")

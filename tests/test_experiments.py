@@ -1,5 +1,6 @@
 """End to end on a few hundred real faces: train, resume, evaluate, k-fold, and the scripts' errors."""
 
+import functools
 import glob
 import json
 import os
@@ -262,10 +263,22 @@ def test_every_config_field_is_a_typed_flag():
     experiment_flags.define_config_flags(values)
     assert {f.name for f in dataclasses.fields(configs.Config)} <= set(values)
     values(["prog", "--dropout=0.3", "--limit_train=50", "--widths=8,16", "--hidden=32,16", "--noflip",
-            "--model=cnn_shallow"])
+            "--convs_per_stage=2", "--model=cnn_shallow"])
     config = experiment_flags.config_from_flags(values).validate()
     assert config.dropout == 0.3 and config.limit_train == 50 and config.widths == (8, 16) and not config.flip
-    assert config.hidden == (32, 16) and configs.Config.from_dict(json.loads(config.to_json())) == config
+    assert config.hidden == (32, 16) and config.convs_per_stage == 2 and configs.Config.from_dict(json.loads(config.to_json())) == config
+
+
+def test_convs_per_stage_sets_the_depth_of_every_cnn_family():
+    config = configs.tiny_config(model="_tiny_stn_deep", convs_per_stage=2)
+    model = models.create(config.model, **config.model_kwargs())
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, 48, 48, 1)))
+    convs = [name for name in variables["params"]["convs"] if name.startswith("conv")]
+    assert sorted(convs) == ["conv1_1", "conv1_2", "conv2_1", "conv2_2"] and "stn_loc" in variables["params"]
+    with pytest.raises(ConfigError, match="--convs_per_stage=0: must be positive"):
+        configs.tiny_config(convs_per_stage=0)
+    with pytest.raises(ConfigError, match="--model=stn"):
+        configs.get_config("stn", convs_per_stage=1)
 
 
 def test_hidden_widths_shape_the_head_and_take_a_grid():
