@@ -266,7 +266,8 @@ def test_every_config_field_is_a_typed_flag():
             "--convs_per_stage=2", "--model=cnn_shallow"])
     config = experiment_flags.config_from_flags(values).validate()
     assert config.dropout == 0.3 and config.limit_train == 50 and config.widths == (8, 16) and not config.flip
-    assert config.hidden == (32, 16) and config.convs_per_stage == 2 and configs.Config.from_dict(json.loads(config.to_json())) == config
+    assert config.hidden == (32, 16) and config.convs_per_stage == 2
+    assert configs.Config.from_dict(json.loads(config.to_json())) == config
 
 
 def test_convs_per_stage_sets_the_depth_of_every_cnn_family():
