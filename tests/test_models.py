@@ -29,6 +29,8 @@ def vgg(widths, convs_per_stage, hidden, extra_features=0, size=48):
 
 
 LOCALISATION = (7 * 7 * 1 * 8 + 8) + (5 * 5 * 8 * 10 + 10) + (640 * 32 + 32) + (32 * 6 + 6)
+# With batch norm (the CNN attention variant): no biases before it, a scale and a bias per unit.
+NORMALIZED_LOCALISATION = LOCALISATION - (8 + 10 + 32) + 2 * (8 + 10 + 32)
 DEEP_EMOTION = LOCALISATION + (9 * 10 + 10) + 3 * (9 * 10 * 10 + 10) + 2 * 10 + (810 * 50 + 50) + (50 * 7 + 7)
 HOG_DIM = features.hog_dim(48, 9, 8, 2)
 
@@ -38,10 +40,10 @@ EXPECTED_PARAMS = {
     "cnn_deep": vgg((64, 128, 256, 512), 2, (512,)),
     "hog": vgg((32, 64, 128, 256), 2, (256,), extra_features=HOG_DIM) + 2 * HOG_DIM,
     "stn": DEEP_EMOTION,
-    "stn_deep": LOCALISATION + vgg((32, 64, 128, 256), 2, (256,)),
+    "stn_deep": NORMALIZED_LOCALISATION + vgg((32, 64, 128, 256), 2, (256,)),
     "_tiny_cnn": vgg((4, 8), 1, (16,)),
     "_tiny_hog": vgg((4, 8), 1, (16,), extra_features=HOG_DIM) + 2 * HOG_DIM,
-    "_tiny_stn_deep": LOCALISATION + vgg((4, 8), 1, (16,)),
+    "_tiny_stn_deep": NORMALIZED_LOCALISATION + vgg((4, 8), 1, (16,)),
 }
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ferjax import spatial
-from ferjax.models.layers import Conv, max_pool_2x2
+from ferjax.models.layers import BatchNormReLU, Conv, max_pool_2x2
 
 WARP_POSITIONS = ("input", "features")
 
@@ -32,18 +32,28 @@ class LocalizationNet(nn.Module):
     """conv 8@7x7 -> pool 2 -> ReLU -> conv 10@5x5 -> pool 2 -> ReLU -> FC 32 -> ReLU -> FC 6 = theta.
 
     The last layer starts at the identity transform (zero kernel, identity bias), so training
-    begins from an unwarped face.
+    begins from an unwarped face. normalize=True puts batch norm before each ReLU.
     """
 
     dtype: Any = jnp.float32
+    # Batch norm keeps each unit's input centred, so no ReLU can go silent for every face. Behind a
+    # strong trunk this net gets tiny gradients, on which Adam still takes full-size steps: without
+    # batch norm, at the CPU recipe's learning rates all 32 FC units died and theta became a constant.
+    normalize: bool = False
 
     @nn.compact
-    def __call__(self, x_BxHxWx1: jax.Array) -> jax.Array:
-        x = Conv(8, (7, 7), padding="VALID", dtype=self.dtype)(x_BxHxWx1)
-        x = nn.relu(max_pool_2x2(x))
-        x = Conv(10, (5, 5), padding="VALID", dtype=self.dtype)(x)
-        x = nn.relu(max_pool_2x2(x))
-        x = nn.relu(nn.Dense(32, dtype=self.dtype)(x.reshape(x.shape[0], -1)))
+    def __call__(self, x_BxHxWx1: jax.Array, *, train: bool = False) -> jax.Array:
+        def activate(y, name):
+            if self.normalize:
+                return BatchNormReLU(momentum=0.9, dtype=self.dtype, name=name)(y, train=train)
+            return nn.relu(y)
+
+        x = Conv(8, (7, 7), padding="VALID", use_bias=not self.normalize, dtype=self.dtype)(x_BxHxWx1)
+        x = max_pool_2x2(activate(x, "bn_0"))  # ReLU and max pooling commute
+        x = Conv(10, (5, 5), padding="VALID", use_bias=not self.normalize, dtype=self.dtype)(x)
+        x = max_pool_2x2(activate(x, "bn_1"))
+        x = nn.Dense(32, use_bias=not self.normalize, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+        x = activate(x, "bn_2")
         theta = nn.Dense(6, kernel_init=nn.initializers.zeros, bias_init=_identity_bias, name="theta")(x)
         return theta.astype(jnp.float32).reshape(-1, 2, 3)
 
