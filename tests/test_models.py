@@ -2,12 +2,14 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ferjax import features, models
+from ferjax.models.stn import LocalizationNet
 
 
 def conv_bn(cin, cout):
@@ -124,6 +126,23 @@ def test_gradients_reach_the_localisation_network():
     assert float(jnp.abs(grads["stn_loc"]["theta"]["bias"]).sum()) > 0
 
 
+def test_batch_norm_keeps_every_localisation_unit_alive():
+    # The FC layer's inputs are ReLU outputs (>= 0), so a negative kernel silences each of its units for
+    # every face: what training did to the plain localisation net behind the wide CPU trunk.
+    x = jax.random.normal(jax.random.key(0), (16, 48, 48, 1))
+    for normalize, alive_units in [(False, 0), (True, 32)]:
+        net = LocalizationNet(normalize=normalize)
+        variables = net.init(jax.random.key(1), x)
+        dense = variables["params"]["Dense_0"]
+        params = {**variables["params"], "Dense_0": {**dense, "kernel": -jnp.abs(dense["kernel"])}}
+        _, state = net.apply({**variables, "params": params}, x, train=True, capture_intermediates=True,
+                             mutable=["batch_stats", "intermediates"])
+        pre_activations = state["intermediates"]["Dense_0"]["__call__"][0]
+        activations = state["intermediates"]["bn_2"]["__call__"][0] if normalize else nn.relu(pre_activations)
+        assert int(jnp.sum(jnp.max(activations, axis=0) > 0)) == alive_units
+    assert "stn_loc" in _init(models.create("_tiny_stn_deep"))[0]["batch_stats"]
+
+
 def test_describe_reports_params_and_flops_that_grow_with_depth():
     shallow, medium, deep = (models.describe(n) for n in ("cnn_shallow", "cnn_medium", "cnn_deep"))
     assert shallow["params"] == EXPECTED_PARAMS["cnn_shallow"]
@@ -138,8 +157,6 @@ def test_unknown_model_and_field_are_clear_errors():
 
 
 def test_max_pool_matches_flax_with_odd_sizes():
-    import flax.linen as nn
-
     from ferjax.models.layers import max_pool_2x2
 
     x = jax.random.normal(jax.random.key(0), (2, 17, 10, 3))
@@ -160,8 +177,6 @@ def test_max_pool_matches_flax_with_odd_sizes():
 
 
 def test_ceil_pool_matches_flax_same_pooling():
-    import flax.linen as nn
-
     from ferjax.models.layers import max_pool_2x2, pad_to_even
 
     def ceil_pool(x):
@@ -197,8 +212,6 @@ def test_ceil_pool_keeps_the_last_row_and_column_of_a_40x40_crop():
     ((3, 2), "SAME", 1),
 ])
 def test_conv_matches_flax_values_and_gradients(kernel_size, padding, channels):
-    import flax.linen as nn
-
     from ferjax.models.layers import Conv
 
     x = jax.random.normal(jax.random.key(1), (12, 11, 9, channels))  # three kernel-gradient chunks of 4
@@ -218,8 +231,6 @@ def test_conv_matches_flax_values_and_gradients(kernel_size, padding, channels):
 
 @pytest.mark.parametrize("shape", [(6, 5, 4, 3), (10, 7)])
 def test_batch_norm_relu_matches_flax_values_gradients_and_running_stats(shape):
-    import flax.linen as nn
-
     from ferjax.models.layers import BatchNormReLU
 
     class Reference(nn.Module):
