@@ -74,13 +74,19 @@ def torch_model(name: str):
             return self.body(x)
 
     class Localization(nn.Module):
-        def __init__(self):
+        def __init__(self, normalize=False):
             super().__init__()
-            self.convs = nn.Sequential(nn.Conv2d(1, 8, 7), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(8, 10, 5),
-                                       nn.MaxPool2d(2), nn.ReLU())
-            self.fc = nn.Sequential(nn.Linear(640, 32), nn.ReLU(), nn.Linear(32, 6))
-            nn.init.zeros_(self.fc[2].weight)
-            self.fc[2].bias.data.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+
+            def conv_stage(cin, cout, kernel):
+                if normalize:
+                    return [nn.Conv2d(cin, cout, kernel, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+                return [nn.Conv2d(cin, cout, kernel), nn.MaxPool2d(2), nn.ReLU()]
+
+            self.convs = nn.Sequential(*conv_stage(1, 8, 7), *conv_stage(8, 10, 5))
+            fc1 = [nn.Linear(640, 32, bias=False), nn.BatchNorm1d(32)] if normalize else [nn.Linear(640, 32)]
+            self.fc = nn.Sequential(*fc1, nn.ReLU(), nn.Linear(32, 6))
+            nn.init.zeros_(self.fc[-1].weight)
+            self.fc[-1].bias.data.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
 
         def forward(self, x):
             theta = self.fc(self.convs(x).flatten(1)).view(-1, 2, 3)
@@ -94,7 +100,7 @@ def torch_model(name: str):
     class CNN(nn.Module):
         def __init__(self, stn=False):
             super().__init__()
-            self.stn = Localization() if stn else None
+            self.stn = Localization(normalize=True) if stn else None
             self.convs, features, hidden = vgg_parts()
             self.head = Head(features, hidden, 0.5)
 
