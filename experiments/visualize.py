@@ -1,9 +1,12 @@
 """Visualise what a trained network learned: python -m experiments.visualize --workdir=runs/stn
 
 Writes feature maps of every conv layer, first-layer filters, the spatial transformer's input
-beside its warped face (attention models) and per-class gradient saliency maps as PNGs.
+beside its warped face (attention models) and per-class gradient saliency maps as PNGs. For
+attention models also attention.json: how theta warps every face of the split, and how many
+units of the localisation net are live.
 """
 
+import json
 import os
 import sys
 
@@ -27,18 +30,31 @@ def main(argv):
         return 1
     try:
         state, meta = checkpoint.load(FLAGS.workdir)
-        faces = visualize.faces_per_class(data.load(FLAGS.data_dir).split(FLAGS.split), FLAGS.faces_per_class)
+        split = data.load(FLAGS.data_dir).split(FLAGS.split)
     except (data.DataError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     config = meta["config"]
-    hog = None
-    if meta.get("hog_dim"):
-        hog = features.cached_hog_pair(faces.images, config["hog_orientations"], config["hog_pixels_per_cell"],
-                                       config["hog_cells_per_block"])["hog"]
+
+    def hog_of(images):
+        if not meta.get("hog_dim"):
+            return None
+        return features.cached_hog_pair(images, config["hog_orientations"], config["hog_pixels_per_cell"],
+                                        config["hog_cells_per_block"])["hog"]
+
+    faces = visualize.faces_per_class(split, FLAGS.faces_per_class)
     output = FLAGS.output or os.path.join(FLAGS.workdir, "visualize")
-    for path in visualize.write_all(state, faces, output, standardize=config["standardize"], hog=hog):
+    for path in visualize.write_all(state, faces, output, standardize=config["standardize"], hog=hog_of(faces.images)):
         print(f"wrote {path}")
+    stats = visualize.attention_statistics(state, split.images, config["standardize"], hog_of(split.images))
+    if stats is not None:
+        path = os.path.join(output, "attention.json")
+        with open(path, "w") as f:
+            json.dump({"split": FLAGS.split, **stats}, f, indent=2)
+        area, shift = stats["area_scale"], stats["shift_px"]["std"]
+        print(f"wrote {path}: over {stats['faces']} {FLAGS.split} faces, "
+              f"area scale {area['min']:.3f}-{area['max']:.3f}, shift std {shift[0]:.2f} / {shift[1]:.2f} px (x / y), "
+              f"{stats['live_units']}/{stats['units']} live localisation units")
     return 0
 
 

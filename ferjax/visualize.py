@@ -23,18 +23,19 @@ def faces_per_class(split: data.Split, count: int, seed: int = 0) -> data.Split:
     return split.subset(np.concatenate(picks))
 
 
-def _apply(state: train.TrainState, images_BxHxW, standardize: bool, hog=None, capture: bool = False):
+def _apply(state: train.TrainState, images_BxHxW, standardize: bool, hog=None, capture: str | None = None):
+    """The model's (logits, aux), and with `capture` also the variables it sowed into that collection."""
     kwargs = {"hog": hog} if hog is not None else {}
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     x = train.model_inputs(state, jnp.asarray(images_BxHxW, jnp.float32), standardize)
     if capture:
-        return state.apply_fn(variables, x, train=False, mutable=["intermediates"], **kwargs)
+        return state.apply_fn(variables, x, train=False, mutable=[capture], **kwargs)
     return state.apply_fn(variables, x, train=False, **kwargs)
 
 
 def feature_maps(state: train.TrainState, images_BxHxW, standardize: bool = False, hog=None) -> dict[str, np.ndarray]:
     """Activations of every conv layer, name -> BxHxWxC, in network order."""
-    _, captured = _apply(state, images_BxHxW, standardize, hog, capture=True)
+    _, captured = _apply(state, images_BxHxW, standardize, hog, capture="intermediates")
     maps = {}
     for path, value in jax.tree_util.tree_flatten_with_path(captured["intermediates"])[0]:
         name = "/".join(str(getattr(k, "key", k)) for k in path[:-1])  # drop the sow tuple index
@@ -59,6 +60,39 @@ def saliency(state: train.TrainState, images_BxHxW, labels_B, standardize: bool 
         return jnp.sum(jnp.take_along_axis(logits, jnp.asarray(labels_B)[:, None], axis=1))
 
     return np.abs(np.asarray(jax.grad(true_logit_sum)(jnp.asarray(images_BxHxW, jnp.float32))))
+
+
+def attention_statistics(state: train.TrainState, images_NxHxW, standardize: bool = False, hog=None,
+                         batch_size: int = 500) -> dict | None:
+    """How the spatial transformer warps these faces; None for a model without one.
+
+    theta maps each output pixel's normalised coordinates (-1 to 1 across the map) to the point it
+    samples, so |det| of its 2x2 part is the sampled area as a fraction of the map (below 1: a zoom
+    in), and its last column times half the map size is the shift in pixels. A unit of the
+    localisation net's hidden layer is live if it fires for at least one face; with none live,
+    theta is one constant warp whatever the face.
+    """
+    thetas, hidden = [], []
+    for start in range(0, len(images_NxHxW), batch_size):
+        chunk = slice(start, start + batch_size)
+        (_, aux), sown = _apply(state, images_NxHxW[chunk], standardize, None if hog is None else hog[chunk],
+                                capture="attention")
+        if "theta" not in aux:
+            return None
+        thetas.append(np.asarray(aux["theta"], np.float64))
+        hidden.append(np.asarray(jax.tree.leaves(sown["attention"])[0]))
+    theta_Nx2x3, hidden_NxU = np.concatenate(thetas), np.concatenate(hidden)
+    area_N = np.abs(np.linalg.det(theta_Nx2x3[:, :, :2]))
+    height, width = aux["warped"].shape[1:3]
+    shift_Nx2 = theta_Nx2x3[:, :, 2] * np.array([width, height]) / 2  # (x, y) in pixels of the warped map
+    return {
+        "faces": len(theta_Nx2x3),
+        "area_scale": {"min": float(area_N.min()), "mean": float(area_N.mean()), "max": float(area_N.max())},
+        "shift_px": {"mean": shift_Nx2.mean(0).tolist(), "std": shift_Nx2.std(0).tolist()},
+        "theta_std": float(theta_Nx2x3.std(0).max()),  # the most any entry of theta varies between faces
+        "live_units": int(np.sum(hidden_NxU.max(0) > 0)),
+        "units": hidden_NxU.shape[1],
+    }
 
 
 def _save(fig, path: str) -> str:

@@ -252,6 +252,54 @@ def test_visualize_writes_non_empty_images(trained, small_fer2013, tmp_path):
     assert saliency.shape == faces.images.shape and saliency.max() > 0
 
 
+def test_attention_statistics_read_theta_and_live_units_exactly(small_fer2013):
+    from ferjax import preprocess, train, visualize
+
+    config = configs.tiny_config(model="stn")
+    state = train.create_train_state(jax.random.key(0), models.create("stn"), config, steps_per_epoch=1,
+                                     mean_image=preprocess.training_mean(small_fer2013.train.images))
+    loc = state.params["stn_loc"]
+
+    def with_loc(theta_bias, hidden_sign):
+        # theta's kernel starts at zero, so theta is its bias for every face; the hidden layer's inputs are
+        # ReLU outputs (>= 0), so the sign of its kernel decides whether each unit fires.
+        dense = {**loc["Dense_0"], "kernel": hidden_sign * jnp.abs(loc["Dense_0"]["kernel"])}
+        params = {**state.params, "stn_loc": {**loc, "Dense_0": dense, "theta": {**loc["theta"], "bias": theta_bias}}}
+        return state.replace(params=params)
+
+    # Sample 0.8 of the width and 0.5 of the height, 0.25 right of centre and 0.125 above it.
+    warp = jnp.array([0.8, 0.0, 0.25, 0.0, 0.5, -0.125])
+    stats = visualize.attention_statistics(with_loc(warp, 1), small_fer2013.val.images, batch_size=40)
+    assert stats["faces"] == len(small_fer2013.val) == 96  # three chunks: 40, 40, 16
+    area = stats["area_scale"]
+    assert area["min"] == pytest.approx(0.4) and area["max"] == pytest.approx(0.4)
+    np.testing.assert_allclose(stats["shift_px"]["mean"], [6.0, -3.0], rtol=1e-6)  # x 0.25 * 24, y -0.125 * 24
+    np.testing.assert_allclose(stats["shift_px"]["std"], [0, 0], atol=1e-9)
+    assert stats["theta_std"] == pytest.approx(0, abs=1e-9)
+    assert stats["live_units"] == stats["units"] == 32
+    assert visualize.attention_statistics(with_loc(warp, -1), small_fer2013.val.images)["live_units"] == 0
+
+    plain = configs.tiny_config()
+    cnn_state = train.create_train_state(jax.random.key(0), models.create(plain.model, **plain.model_kwargs()),
+                                         plain, steps_per_epoch=1, mean_image=state.mean_image)
+    assert visualize.attention_statistics(cnn_state, small_fer2013.val.images) is None
+
+
+def test_visualize_script_writes_attention_statistics_of_the_whole_split(trained, fer2013, fer2013_dir, tmp_path):
+    workdir, _, _ = trained
+    result = subprocess.run([sys.executable, "-m", "experiments.visualize", f"--workdir={workdir}",
+                             "--faces_per_class=1", f"--output={tmp_path}"],
+                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "FER2013_DIR": fer2013_dir},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "attention.json") as f:
+        stats = json.load(f)
+    assert stats["split"] == "val" and stats["faces"] == len(fer2013.val)
+    assert 0 < stats["area_scale"]["min"] <= stats["area_scale"]["mean"] <= stats["area_scale"]["max"]
+    assert 0 <= stats["live_units"] <= stats["units"] == 32
+    assert "live localisation units" in result.stdout and os.path.exists(tmp_path / "attention.png")
+
+
 def test_every_config_field_is_a_typed_flag():
     import dataclasses
 

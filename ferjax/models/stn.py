@@ -54,6 +54,7 @@ class LocalizationNet(nn.Module):
         x = max_pool_2x2(activate(x, "bn_1"))
         x = nn.Dense(32, use_bias=not self.normalize, dtype=self.dtype)(x.reshape(x.shape[0], -1))
         x = activate(x, "bn_2")
+        self.sow("attention", "hidden", x)  # read by visualize.attention_statistics (live units)
         theta = nn.Dense(6, kernel_init=nn.initializers.zeros, bias_init=_identity_bias, name="theta")(x)
         return theta.astype(jnp.float32).reshape(-1, 2, 3)
 
