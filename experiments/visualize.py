@@ -46,8 +46,8 @@ def main(argv):
     output = FLAGS.output or os.path.join(FLAGS.workdir, "visualize")
     for path in visualize.write_all(state, faces, output, standardize=config["standardize"], hog=hog_of(faces.images)):
         print(f"wrote {path}")
-    stats = visualize.attention_statistics(state, split.images, config["standardize"], hog_of(split.images))
-    if stats is not None:
+    if visualize.has_attention(state):  # before the whole split's HOG, which only an attention model needs here
+        stats = visualize.attention_statistics(state, split.images, config["standardize"], hog_of(split.images))
         path = os.path.join(output, "attention.json")
         with open(path, "w") as f:
             json.dump({"split": FLAGS.split, **stats}, f, indent=2)

@@ -62,6 +62,11 @@ def saliency(state: train.TrainState, images_BxHxW, labels_B, standardize: bool 
     return np.abs(np.asarray(jax.grad(true_logit_sum)(jnp.asarray(images_BxHxW, jnp.float32))))
 
 
+def has_attention(state: train.TrainState) -> bool:
+    """Whether the model has a spatial transformer (every model names its localisation net stn_loc)."""
+    return "stn_loc" in state.params
+
+
 def attention_statistics(state: train.TrainState, images_NxHxW, standardize: bool = False, hog=None,
                          batch_size: int = 500) -> dict | None:
     """How the spatial transformer warps these faces; None for a model without one.
@@ -72,13 +77,13 @@ def attention_statistics(state: train.TrainState, images_NxHxW, standardize: boo
     localisation net's hidden layer is live if it fires for at least one face; with none live,
     theta is one constant warp whatever the face.
     """
+    if not has_attention(state):
+        return None
     thetas, hidden = [], []
     for start in range(0, len(images_NxHxW), batch_size):
         chunk = slice(start, start + batch_size)
         (_, aux), sown = _apply(state, images_NxHxW[chunk], standardize, None if hog is None else hog[chunk],
                                 capture="attention")
-        if "theta" not in aux:
-            return None
         thetas.append(np.asarray(aux["theta"], np.float64))
         hidden.append(np.asarray(jax.tree.leaves(sown["attention"])[0]))
     theta_Nx2x3, hidden_NxU = np.concatenate(thetas), np.concatenate(hidden)
