@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ferjax import data, plots, train
+from ferjax.models.stn import LOCALIZATION_NET
 
 
 def faces_per_class(split: data.Split, count: int, seed: int = 0) -> data.Split:
@@ -48,7 +49,7 @@ def first_layer_filters(params) -> tuple[str, np.ndarray]:
     kernels = [(("/".join(str(getattr(k, "key", k)) for k in path)), np.asarray(leaf))
                for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
                if getattr(path[-1], "key", None) == "kernel" and leaf.ndim == 4 and leaf.shape[2] == 1]
-    kernels.sort(key=lambda item: "stn_loc" in item[0])
+    kernels.sort(key=lambda item: LOCALIZATION_NET in item[0])
     name, kernel_HxWx1xC = kernels[0]
     return name, np.moveaxis(kernel_HxWx1xC[:, :, 0, :], -1, 0)
 
@@ -63,8 +64,8 @@ def saliency(state: train.TrainState, images_BxHxW, labels_B, standardize: bool 
 
 
 def has_attention(state: train.TrainState) -> bool:
-    """Whether the model has a spatial transformer (every model names its localisation net stn_loc)."""
-    return "stn_loc" in state.params
+    """Whether the model has a spatial transformer."""
+    return LOCALIZATION_NET in state.params
 
 
 def attention_statistics(state: train.TrainState, images_NxHxW, standardize: bool = False, hog=None,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from ferjax import spatial
 from ferjax.models.layers import BatchNormReLU, Conv, max_pool_2x2, pad_to_even
-from ferjax.models.stn import LocalizationNet
+from ferjax.models.stn import LOCALIZATION_NET, LocalizationNet
 
 
 class ConvStack(nn.Module):
@@ -88,7 +88,7 @@ class CNN(nn.Module):
     def __call__(self, x_BxHxWx1: jax.Array, *, train: bool, hog: jax.Array | None = None) -> tuple[jax.Array, dict]:
         aux = {}
         if self.attention:
-            aux["theta"] = LocalizationNet(self.dtype, normalize=True, name="stn_loc")(x_BxHxWx1, train=train)
+            aux["theta"] = LocalizationNet(self.dtype, normalize=True, name=LOCALIZATION_NET)(x_BxHxWx1, train=train)
             x_BxHxWx1 = aux["warped"] = spatial.warp(x_BxHxWx1, aux["theta"])
         convs = ConvStack(self.widths, self.convs_per_stage, self.ceil_pool, self.dtype, name="convs")
         features = convs(x_BxHxWx1, train=train)

@@ -21,6 +21,8 @@ from ferjax import spatial
 from ferjax.models.layers import BatchNormReLU, Conv, max_pool_2x2
 
 WARP_POSITIONS = ("input", "features")
+# The localisation net's module name in every model with attention: checkpoints and ferjax.visualize find it by it.
+LOCALIZATION_NET = "stn_loc"
 
 
 def _identity_bias(key, shape, dtype=jnp.float32):
@@ -77,7 +79,7 @@ class DeepEmotion(nn.Module):
     def __call__(self, x_BxHxWx1: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
         if self.warp_at not in WARP_POSITIONS:
             raise ValueError(f"warp_at must be one of {WARP_POSITIONS}, got {self.warp_at!r}")
-        theta_Bx2x3 = LocalizationNet(self.dtype, name="stn_loc")(x_BxHxWx1)
+        theta_Bx2x3 = LocalizationNet(self.dtype, name=LOCALIZATION_NET)(x_BxHxWx1)
         aux = {"theta": theta_Bx2x3}
         x = x_BxHxWx1
         if self.warp_at == "input":
