@@ -53,6 +53,19 @@ def export_model(state: train.TrainState, meta: dict, path: str, dtype=np.float1
     return path + ".msgpack", path + ".json"
 
 
+def pick_storage(candidates: list[dict], max_bytes: int | None = None) -> dict:
+    """The export to ship: the best val accuracy among `candidates` that fit `max_bytes`, the smaller on ties.
+
+    Each candidate holds 'bytes' and 'val_accuracy' (of the exported file, reloaded). Test accuracy never
+    chooses, as val alone selects models. Raises ValueError when none fits.
+    """
+    fitting = [c for c in candidates if max_bytes is None or c["bytes"] <= max_bytes]
+    if not fitting:
+        sizes = ", ".join(f"{c['bytes'] / 1e6:.1f} MB" for c in candidates)
+        raise ValueError(f"no storage fits {max_bytes / 1e6:.1f} MB (the exports take {sizes})")
+    return max(fitting, key=lambda c: (c["val_accuracy"], -c["bytes"]))
+
+
 def _load_exported(path: str) -> tuple[train.TrainState, dict]:
     try:
         with open(path + ".json") as f:

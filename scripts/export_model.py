@@ -1,13 +1,14 @@
 """Export a trained model for `predict`: python scripts/export_model.py --workdir=runs/X [--output=PATH]
 
 Writes PATH.msgpack (weights and batch-norm statistics, the training mean face) and PATH.json
-(model config, class names, and the run's metrics.json figures). Weights are stored in float16 when
-that loses no val or test accuracy, else in float32. The default PATH is the model bundled with ferjax.
+(model config, class names, and the run's metrics.json figures). The weights are stored in float16
+or float32, whichever has the better val accuracy once exported and reloaded among those that fit
+--max_mb; float16 on a tie. The default PATH is the model bundled with ferjax, with its 10 MB budget.
 """
 
-import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 from absl import app, flags
@@ -19,18 +20,38 @@ from ferjax import checkpoint, data, evaluate, inference, runs  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training workdir whose best checkpoint is exported", required=True)
 flags.DEFINE_string("output", inference.DEFAULT_MODEL, "output path without suffix")
+flags.DEFINE_float("max_mb", 10.0, "size budget of the weights file in MB (the bundled model's); 0: none")
 define_data_dir_flag()
 FLAGS = flags.FLAGS
+STORAGES = (np.float16, np.float32)
 
 
 def _accuracies(state, dataset, standardize: bool) -> dict:
-    return {split: evaluate.metrics_from_probs(dataset.split(split).labels, evaluate.predict_split(
+    return {f"{split}_accuracy": evaluate.metrics_from_probs(dataset.split(split).labels, evaluate.predict_split(
         state, dataset.split(split), 500, standardize=standardize))["accuracy"] for split in ("val", "test")}
+
+
+def _exported_candidates(state, meta: dict, dataset) -> list[dict]:
+    """Each storage dtype exported, reloaded and evaluated as `predict` would load it."""
+    candidates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in STORAGES:
+            name = np.dtype(dtype).name
+            weights, _ = inference.export_model(state, meta, os.path.join(tmp, name), dtype)
+            accuracies = _accuracies(inference.load_model(os.path.join(tmp, name))[0], dataset,
+                                     meta["config"]["standardize"])
+            candidates.append({"storage": name, "bytes": os.path.getsize(weights), **accuracies})
+            print(f"{name}: {candidates[-1]['bytes'] / 1e6:.1f} MB, val {accuracies['val_accuracy']:.4f} "
+                  f"test {accuracies['test_accuracy']:.4f}")
+    return candidates
 
 
 def main(argv):
     del argv
     quiet_libraries()
+    if FLAGS.max_mb < 0:
+        print(f"error: --max_mb={FLAGS.max_mb}: must be >= 0", file=sys.stderr)
+        return 1
     try:
         state, meta = checkpoint.load(FLAGS.workdir)
         metrics = runs.read_metrics(runs.metrics_path(FLAGS.workdir))
@@ -41,19 +62,17 @@ def main(argv):
     card = {key: metrics[key] for key in ("model", "params", "epochs", "best_epoch", "val_accuracy", "test_accuracy",
                                           "test_accuracy_flip_tta", "test_accuracy_tencrop_tta", "wall_time_s",
                                           "device", "commit", "command") if key in metrics}
-    standardize = meta["config"]["standardize"]
-    full = _accuracies(state, dataset, standardize)
-    for dtype in (np.float16, np.float32):  # half precision only where it costs no accuracy
-        weights, meta_path = inference.export_model(state, meta, FLAGS.output, dtype)
-        exported = _accuracies(inference.load_model(FLAGS.output)[0], dataset, standardize)
-        print(f"{np.dtype(dtype).name}: val {exported['val']:.4f} test {exported['test']:.4f} "
-              f"(checkpoint: val {full['val']:.4f} test {full['test']:.4f})")
-        if all(exported[split] >= full[split] for split in full):
-            break
-    card.update(storage=np.dtype(dtype).name, **{f"{split}_accuracy_exported": exported[split] for split in full})
-    with open(meta_path, "w") as f:
-        json.dump({**meta, "card": card}, f, indent=2)
-    print(f"wrote {weights} ({os.path.getsize(weights) / 1e6:.1f} MB) and {meta_path}")
+    print(f"checkpoint: val {card['val_accuracy']:.4f} test {card['test_accuracy']:.4f}")
+    candidates = _exported_candidates(state, meta, dataset)
+    try:
+        chosen = inference.pick_storage(candidates, int(FLAGS.max_mb * 1e6) if FLAGS.max_mb else None)
+    except ValueError as e:
+        print(f"error: --max_mb={FLAGS.max_mb}: {e}", file=sys.stderr)
+        return 1
+    card.update(storage=chosen["storage"], val_accuracy_exported=chosen["val_accuracy"],
+                test_accuracy_exported=chosen["test_accuracy"])
+    weights, meta_path = inference.export_model(state, {**meta, "card": card}, FLAGS.output, chosen["storage"])
+    print(f"wrote {weights} ({os.path.getsize(weights) / 1e6:.1f} MB, {chosen['storage']}) and {meta_path}")
     return 0
 
 

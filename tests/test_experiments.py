@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ferjax import checkpoint, configs, evaluate, kfold, loop, models
+from ferjax import checkpoint, configs, evaluate, inference, kfold, loop, models
 from ferjax.configs import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,6 +191,32 @@ def test_evaluate_script_selects_the_ensemble_on_val(trained, tmp_path, fer2013_
         saved = json.load(f)
     assert saved["selection"]["chosen"] == [workdir] and len(saved["selection"]["candidates"]) == 2
     assert [m["path"] for m in saved["members"]] == [workdir] and saved["split"] == "test" and saved["count"] == 70
+
+
+def test_export_ships_the_best_val_storage_that_fits_the_budget(trained, fer2013, fer2013_dir, tmp_path):
+    workdir, config, _ = trained
+    state, meta = checkpoint.load(workdir)
+    sizes = {name: os.path.getsize(inference.export_model(state, meta, str(tmp_path / name), name)[0])
+             for name in ("float16", "float32")}
+    output = tmp_path / "exported"
+
+    def export(max_mb: float) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "scripts/export_model.py", f"--workdir={workdir}", f"--output={output}",
+                               f"--max_mb={max_mb}"], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "FER2013_DIR": fer2013_dir}, timeout=300)
+
+    result = export((sizes["float16"] + sizes["float32"]) / 2e6)  # float32 is over this budget
+    assert result.returncode == 0, result.stderr
+    with open(f"{output}.json") as f:
+        card = json.load(f)["card"]
+    assert card["storage"] == "float16" and os.path.getsize(f"{output}.msgpack") == sizes["float16"]
+    probs = evaluate.predict_split(inference.load_model(str(output))[0], fer2013.val, 500,
+                                   standardize=config.standardize)
+    assert card["val_accuracy_exported"] == evaluate.metrics_from_probs(fer2013.val.labels, probs)["accuracy"]
+
+    result = export(sizes["float16"] / 2e6)
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: --max_mb=") and "no storage fits" in result.stderr
 
 
 def test_kfold_search_and_resumability(small_fer2013, tmp_path):

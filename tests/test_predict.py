@@ -29,6 +29,16 @@ def test_bundled_model_is_small_and_described():
     assert meta["class_names"] == list(data.CLASS_NAMES) and "config" in meta
 
 
+def test_pick_storage_takes_the_best_val_that_fits_and_the_smaller_on_ties():
+    half = {"storage": "float16", "bytes": 9_000_000, "val_accuracy": 0.6807}
+    full = {"storage": "float32", "bytes": 17_700_000, "val_accuracy": 0.6810}
+    assert inference.pick_storage([half, full]) is full
+    assert inference.pick_storage([half, full], max_bytes=10_000_000) is half
+    assert inference.pick_storage([half, {**full, "val_accuracy": 0.6807}]) is half
+    with pytest.raises(ValueError, match="no storage fits 5.0 MB"):
+        inference.pick_storage([half, full], max_bytes=5_000_000)
+
+
 def test_astronaut_is_one_happy_face():
     faces = ferjax.predict(skdata.astronaut())
     assert len(faces) == 1
