@@ -1,8 +1,9 @@
 """Emotions of the faces in photos: python -m experiments.predict --image=photo.jpg [--image=DIR ...]
 
-Without --checkpoint the model bundled with ferjax is used. Prints a table (or one JSON object
-per file with --json); --output=DIR writes each photo with boxes and labels drawn on it. Bad
-files get one line each and a non-zero exit status; the other files are still processed.
+Without --checkpoint the model bundled with ferjax is used; --tta=flip or --tta=tencrop averages over
+test-time augmentations. Prints a table (or one JSON object per file with --json); --output=DIR writes
+each photo with boxes and labels drawn on it. Bad files get one line each and a non-zero exit status;
+the other files are still processed.
 """
 
 import json
@@ -12,7 +13,7 @@ import sys
 from absl import app, flags
 
 from experiments.flags import start
-from ferjax import checkpoint, inference
+from ferjax import checkpoint, inference, train
 
 flags.DEFINE_multi_string("image", [], "image file, folder or glob pattern (repeatable)")
 flags.DEFINE_string("checkpoint", None, "training workdir, checkpoint folder or exported model (default: bundled)")
@@ -20,6 +21,8 @@ flags.DEFINE_bool("no_detect", False, "treat each image as an already-cropped fa
 flags.DEFINE_bool("json", False, "one JSON object per input file per line on stdout")
 flags.DEFINE_string("output", None, "write annotated copies of the photos to this folder")
 flags.DEFINE_float("min_face", 0.1, "smallest face to detect, as a fraction of the image's shorter side")
+flags.DEFINE_enum("tta", "none", train.TTA_MODES, "test-time augmentation: average over the mirrored face "
+                  "('flip') or ten windows ('tencrop'), more accurate and slower")
 FLAGS = flags.FLAGS
 
 
@@ -55,7 +58,7 @@ def main(argv):
         print(f"error: --min_face={FLAGS.min_face}: must be in (0, 1]", file=sys.stderr)
         return 1
     try:
-        predictor = inference.Predictor(FLAGS.checkpoint, min_face_fraction=FLAGS.min_face)
+        predictor = inference.Predictor(FLAGS.checkpoint, min_face_fraction=FLAGS.min_face, tta=FLAGS.tta)
     except checkpoint.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -97,15 +97,19 @@ def load_model(path: str | None = None) -> tuple[train.TrainState, dict]:
 class Predictor:
     """A loaded model with its preprocessing; call `predict` on images (HxW or HxWx3 arrays)."""
 
-    def __init__(self, path: str | None = None, *, min_face_fraction: float = 0.1):
+    def __init__(self, path: str | None = None, *, min_face_fraction: float = 0.1, tta: str = "none"):
+        """`tta` averages the probabilities over test-time augmentations (`train.TTA_MODES`): 'flip' adds
+        the mirrored face, 'tencrop' ten windows; the model card gives the test accuracy of each."""
+        if tta not in train.TTA_MODES:
+            raise ValueError(f"tta={tta!r}: choose one of {', '.join(train.TTA_MODES)}")
         self.state, self.meta = load_model(path)
         self.config = Config.from_dict(self.meta["config"])
         if self.meta.get("hog_dim"):
             raise checkpoint.CheckpointError(f"{path}: HOG fusion models are not supported for photos yet")
         self.class_names = tuple(self.meta.get("class_names", data.CLASS_NAMES))
         self.min_face_fraction = min_face_fraction
-        self._probs = jax.jit(lambda state, faces: jax.nn.softmax(
-            train.predict_logits(state, {"image": faces}, standardize=self.config.standardize)))
+        self._probs = jax.jit(lambda state, faces: jnp.exp(
+            train.tta_log_probs(state, {"image": faces}, tta=tta, standardize=self.config.standardize)))
 
     def classify(self, faces_Nx48x48: np.ndarray) -> np.ndarray:
         """Class probabilities [N, 7] of already-cropped 48x48 faces (uint8 or [0, 255] floats)."""
@@ -127,14 +131,14 @@ class Predictor:
                 for box, p in zip(boxes, self.classify(crops))]
 
 
-@functools.lru_cache(maxsize=1)
-def default_predictor() -> Predictor:
-    return Predictor()
+@functools.lru_cache(maxsize=len(train.TTA_MODES))
+def default_predictor(tta: str = "none") -> Predictor:
+    return Predictor(tta=tta)
 
 
-def predict(image: np.ndarray, *, detect: bool = True) -> list[dict]:
-    """Faces and emotions in one image array, with the bundled model. See `Predictor.predict`."""
-    return default_predictor().predict(image, detect=detect)
+def predict(image: np.ndarray, *, detect: bool = True, tta: str = "none") -> list[dict]:
+    """Faces and emotions in one image array, with the bundled model. See `Predictor`."""
+    return default_predictor(tta).predict(image, detect=detect)
 
 
 # ----------------------------------------------------------------------------- images and faces

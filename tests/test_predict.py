@@ -68,6 +68,18 @@ def test_no_detect_on_fer2013_test_faces(predictor, fer2013):
     assert single[0]["probs"][single[0]["emotion"]] == pytest.approx(probs[0].max(), abs=1e-3)
 
 
+def test_flip_tta_averages_the_face_and_its_mirror(predictor, fer2013):
+    faces = data.stratified_subset(fer2013.test, 70).images
+    flip = inference.Predictor(tta="flip")
+    expected = (predictor.classify(faces) + predictor.classify(faces[:, :, ::-1])) / 2
+    np.testing.assert_allclose(flip.classify(faces), expected, atol=1e-5)
+    tencrop = inference.Predictor(tta="tencrop").classify(faces)
+    np.testing.assert_allclose(tencrop.sum(1), 1, atol=1e-4)
+    assert not np.allclose(tencrop, expected, atol=1e-3)  # other views than the flip's two
+    with pytest.raises(ValueError, match="tta='tencorp'"):
+        inference.Predictor(tta="tencorp")
+
+
 def test_expand_inputs_reads_folders_and_globs(tmp_path):
     for name in ("b.png", "a.jpg", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
@@ -110,7 +122,8 @@ def test_cli_json_output_bad_files_and_annotations(tmp_path, fer2013):
     annotated = np.asarray(Image.open(tmp_path / "out" / "astronaut_emotions.png"))
     assert annotated.shape == (512, 512, 3) and not np.array_equal(annotated, skdata.astronaut())
 
-    cropped = subprocess.run([sys.executable, "-m", "experiments.predict", "--no_detect", f"--image={face}"],
+    cropped = subprocess.run([sys.executable, "-m", "experiments.predict", "--no_detect", "--tta=tencrop",
+                              f"--image={face}"],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert cropped.returncode == 0, cropped.stderr
     assert str(face) in cropped.stdout and "[0, 0, 48, 48]" in cropped.stdout
