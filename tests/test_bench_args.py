@@ -14,6 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_train.py", ["--steps=0"], "--steps=0: must be at least 1"),
     ("bench_predict.py", ["--repeats=0"], "--repeats=0: must be at least 1"),
     ("bench_predict.py", ["--checkpoint=/nonexistent/run"], "--checkpoint: /nonexistent/run"),
+    ("bench_predict.py", ["--tta=tencorp"], "argument --tta: invalid choice: 'tencorp'"),
 ])
 def test_bad_flag_is_one_line_error(script, args, message):
     result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), *args], capture_output=True,
