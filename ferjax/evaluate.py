@@ -68,8 +68,7 @@ def checkpoint_probs(paths: Sequence[str], faces: data.Split, *, tta: str = "non
     Raises:
       CheckpointError: a path holds no readable checkpoint.
     """
-    if tta not in train.TTA_MODES:
-        raise ValueError(f"--tta={tta!r}: choose one of {', '.join(train.TTA_MODES)}")
+    train.check_tta(tta)
     members, probs = [], []
     for index, path in enumerate(paths, 1):
         started = time.perf_counter()

@@ -100,8 +100,7 @@ class Predictor:
     def __init__(self, path: str | None = None, *, min_face_fraction: float = 0.1, tta: str = "none"):
         """`tta` averages the probabilities over test-time augmentations (`train.TTA_MODES`): 'flip' adds
         the mirrored face, 'tencrop' ten windows; the model card gives the test accuracy of each."""
-        if tta not in train.TTA_MODES:
-            raise ValueError(f"tta={tta!r}: choose one of {', '.join(train.TTA_MODES)}")
+        train.check_tta(tta)  # before loading, not at the first face
         self.state, self.meta = load_model(path)
         self.config = Config.from_dict(self.meta["config"])
         if self.meta.get("hog_dim"):

@@ -251,6 +251,12 @@ def predict_logits(state: TrainState, batch: dict, *, standardize: bool = False,
 TTA_MODES = ("none", "flip", "tencrop")
 
 
+def check_tta(tta: str) -> None:
+    """Raises ValueError, naming `tta`, unless it is one of TTA_MODES."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta={tta!r}: choose one of {', '.join(TTA_MODES)}")
+
+
 def tta_log_probs(state: TrainState, batch: dict, *, tta: str = "none", standardize: bool = False) -> jax.Array:
     """Log class probabilities of a batch, averaged over test-time augmentations (TTA_MODES).
 
@@ -258,6 +264,7 @@ def tta_log_probs(state: TrainState, batch: dict, *, tta: str = "none", standard
     the five windows of its own size and their mirrors; a whole-face model gets 40/48 windows zoomed
     back to full size.
     """
+    check_tta(tta)  # at trace time: an unknown mode must not fall through to ten-crop
     predict = functools.partial(predict_logits, state, standardize=standardize)
     if tta == "none":
         return jax.nn.log_softmax(predict(batch))

@@ -37,9 +37,9 @@ def _exported_candidates(state, meta: dict, dataset) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in STORAGES:
             name = np.dtype(dtype).name
-            weights, _ = inference.export_model(state, meta, os.path.join(tmp, name), dtype)
-            accuracies = _accuracies(inference.load_model(os.path.join(tmp, name))[0], dataset,
-                                     meta["config"]["standardize"])
+            path = os.path.join(tmp, name)
+            weights, _ = inference.export_model(state, meta, path, dtype)
+            accuracies = _accuracies(inference.load_model(path)[0], dataset, meta["config"]["standardize"])
             candidates.append({"storage": name, "bytes": os.path.getsize(weights), **accuracies})
             print(f"{name}: {candidates[-1]['bytes'] / 1e6:.1f} MB, val {accuracies['val_accuracy']:.4f} "
                   f"test {accuracies['test_accuracy']:.4f}")

@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data as skdata
 
 import ferjax
-from ferjax import data, inference
+from ferjax import data, inference, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,6 +78,8 @@ def test_flip_tta_averages_the_face_and_its_mirror(predictor, fer2013):
     assert not np.allclose(tencrop, expected, atol=1e-3)  # other views than the flip's two
     with pytest.raises(ValueError, match="tta='tencorp'"):
         inference.Predictor(tta="tencorp")
+    with pytest.raises(ValueError, match="tta='tencorp'"):  # not a silent ten-crop
+        train.tta_log_probs(predictor.state, {"image": faces}, tta="tencorp")
 
 
 def test_expand_inputs_reads_folders_and_globs(tmp_path):
