@@ -9,7 +9,7 @@ import inspect
 from absl import flags
 
 from ferjax import data
-from ferjax.configs import INT_TUPLE, Config, base_type
+from ferjax.configs import INT_TUPLE, STR_TUPLE, Config, base_type
 
 
 @functools.cache
@@ -37,7 +37,7 @@ def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     for field in dataclasses.fields(Config):
         help_text = _field_help(field.name)
         kind = base_type(field)
-        if kind == INT_TUPLE:
+        if kind in (INT_TUPLE, STR_TUPLE):
             flags.DEFINE_list(field.name, None, help_text, flag_values=flag_values)
         elif kind == "bool":
             flags.DEFINE_bool(field.name, field.default, help_text, flag_values=flag_values)
@@ -59,6 +59,8 @@ def config_from_flags(flag_values=flags.FLAGS) -> Config:
                 value = tuple(int(v) for v in value)
             except ValueError:
                 raise flags.ValidationError(f"--{field.name}={','.join(value)}: expected integers") from None
+        elif base_type(field) == STR_TUPLE and value is not None:
+            value = tuple(value)
         values[field.name] = value
     return Config(**values)
 

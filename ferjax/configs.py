@@ -18,6 +18,7 @@ SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 CLASS_WEIGHTINGS = ("none", "balanced")
 DTYPES = ("float32", "bfloat16")
 INT_TUPLE = "tuple[int, ...]"  # base_type of the fields that take several integers (--widths, --hidden)
+STR_TUPLE = "tuple[str, ...]"  # base_type of the fields that take several strings (--distill_from)
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,10 @@ class Config:
     grad_clip: float = 0.0  # clip gradients to this global norm (0: off)
     ema: float = 0.0  # decay of the weights' moving average, which evaluation and saved models use (0: off; e.g. 0.999)
     seed: int = 0  # root PRNG seed: init, shuffling, dropout and augmentation all derive from it
+    # Knowledge distillation.
+    distill_from: tuple[str, ...] | None = None  # teachers (workdirs, exported models) to learn from beside the labels
+    distill_weight: float = 0.5  # weight of the teachers' term in the loss; the labels' cross-entropy keeps 1 - weight
+    distill_temperature: float = 2.0  # softmax temperature of teachers and student in the teachers' term
 
     def model_kwargs(self) -> dict:
         """Fields of the model constructor that this config overrides."""
@@ -124,6 +129,9 @@ class Config:
         for flag in ("l2", "weight_decay", "grad_clip"):
             check(getattr(self, flag) >= 0, flag, "must be >= 0")
         check(0 <= self.ema < 1, "ema", "must be in [0, 1)")
+        check(self.distill_from is None or len(self.distill_from) > 0, "distill_from", "name at least one teacher")
+        check(0 <= self.distill_weight <= 1, "distill_weight", "must be in [0, 1]")
+        check(self.distill_temperature > 0, "distill_temperature", "must be positive")
         check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         check(self.class_weighting in CLASS_WEIGHTINGS, "class_weighting",
               f"choose one of {', '.join(CLASS_WEIGHTINGS)}")

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from ferjax import data, loop, runs
-from ferjax.configs import INT_TUPLE, Config, ConfigError, base_type
+from ferjax.configs import INT_TUPLE, STR_TUPLE, Config, ConfigError, base_type
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def parse_grid(spec: str) -> list[dict]:
     """'learning_rate=1e-3,3e-3;dropout=0.3,0.5' -> the cartesian product as a list of overrides.
 
-    Values are converted to the type of the Config field; a tuple field's numbers are joined by '/'
+    Values are converted to the type of the Config field; a tuple field's values are joined by '/'
     ('hidden=256,512/256'). An empty spec is one run of the base config.
 
     Raises:
@@ -54,6 +54,8 @@ def _convert(kind: str, value: str, name: str):
             return float(value)
         if kind == INT_TUPLE:
             return tuple(int(v) for v in value.split("/"))
+        if kind == STR_TUPLE:
+            return tuple(value.split("/"))
     except ValueError:
         raise ConfigError(f"--grid: {name}={value!r} is not a {kind}") from None
     return value

@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from ferjax import checkpoint, data, evaluate, features, models, parallel, plots, preprocess, runs, train
+from ferjax import checkpoint, data, evaluate, features, inference, models, parallel, plots, preprocess, runs, train
 from ferjax.configs import Config, ConfigError
 from ferjax.summary import SummaryWriter
 
@@ -79,6 +79,31 @@ def prepare_inputs(config: Config, dataset: data.FER2013, needs_hog: bool) -> In
         extras = {name: features.cached_hog_pair(split.images, *hog_params) for name, split in splits.items()}
         hog_dim = extras["train"]["hog"].shape[1]
     return Inputs(**splits, extras=extras, hog_dim=hog_dim)
+
+
+def load_teachers(config: Config) -> tuple[train.TrainState, ...]:
+    """The --distill_from models as evaluation states, without their optimizer state.
+
+    Raises:
+      CheckpointError: a teacher cannot be read.
+      ConfigError: a teacher that cannot see the student's inputs (another --crop or --standardize, or HOG).
+    """
+    teachers = []
+    for path in config.distill_from or ():
+        try:
+            teacher, meta = inference.load_model(path)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"--distill_from: {e}") from None
+        teacher_config = Config.from_dict(meta["config"])
+        if models.create(teacher_config.model, **teacher_config.model_kwargs()).needs_hog:
+            raise ConfigError(f"--distill_from={path}: a HOG model cannot teach (its inputs include HOG vectors)")
+        for flag in ("crop", "standardize"):
+            theirs, ours = getattr(teacher_config, flag), getattr(config, flag)
+            if theirs != ours:
+                raise ConfigError(f"--distill_from={path}: the teacher was trained with --{flag}={theirs}, this run "
+                                  f"has --{flag}={ours}; a teacher must see the student's inputs")
+        teachers.append(teacher.replace(tx=None, opt_state=None))
+    return tuple(teachers)
 
 
 def _read_history(path: str) -> list[dict]:
@@ -157,7 +182,7 @@ class _Progress:
 
 
 def _train_epoch(train_fn, state, inputs: Inputs, config: Config, epoch: int, *, loop_key: jax.Array, mesh,
-                 progress: _Progress, log_every_steps: int, checkpoint_dir: str):
+                 teachers: tuple, progress: _Progress, log_every_steps: int, checkpoint_dir: str):
     """One pass over the shuffled training split. Returns the state, the mean logged train loss and accuracy,
     and the last logged learning rate."""
     rows = parallel.local_rows(config.batch_size)
@@ -170,7 +195,8 @@ def _train_epoch(train_fn, state, inputs: Inputs, config: Config, epoch: int, *,
         if step == 0 and jax.process_count() == 1:
             _log_images(progress.writer, state, batch, config, step)
         local = {k: v[rows] for k, v in batch.items()}
-        state, metrics = train_fn(state, parallel.shard_batch(local, mesh), jax.random.fold_in(loop_key, step))
+        state, metrics = train_fn(state, parallel.shard_batch(local, mesh), jax.random.fold_in(loop_key, step),
+                                  teachers)
         if (step + 1) % log_every_steps == 0 or (step + 1) % steps_per_epoch == 0:
             metrics = jax.device_get(metrics)
             if not np.isfinite(metrics["loss"]):
@@ -230,6 +256,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     dataset = dataset or data.load(data_dir)
     inputs = prepare_inputs(config, dataset, model.needs_hog)
     steps_per_epoch = data.num_batches(len(inputs.train), config.batch_size)
+    teachers = parallel.replicate(load_teachers(config), mesh)
 
     init_key, loop_key = jax.random.split(jax.random.key(config.seed))
     state = parallel.replicate(train.create_train_state(
@@ -274,8 +301,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         for epoch in range(int(state.step) // steps_per_epoch, config.epochs):
             epoch_start = time.time()
             state, train_loss, train_accuracy, learning_rate = _train_epoch(
-                train_fn, state, inputs, config, epoch, loop_key=loop_key, mesh=mesh, progress=progress,
-                log_every_steps=log_every_steps, checkpoint_dir=latest.directory)
+                train_fn, state, inputs, config, epoch, loop_key=loop_key, mesh=mesh, teachers=teachers,
+                progress=progress, log_every_steps=log_every_steps, checkpoint_dir=latest.directory)
             step = int(state.step)
             evaluated = train.evaluation_state(state)
             val = _evaluate_totals(eval_fn, evaluated, inputs.val, config.eval_batch_size, inputs.extras["val"], mesh)

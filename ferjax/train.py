@@ -17,6 +17,7 @@ The training loop that drives these functions is `ferjax.loop`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -194,10 +195,39 @@ def weighted_cross_entropy(logits_BxK, labels_B, weights_B, label_smoothing: flo
     return jnp.sum(per_sample * weights_B) / jnp.maximum(jnp.sum(weights_B), 1e-9)
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config: Config) -> tuple[TrainState, dict]:
+def distillation_loss(logits_BxK, teacher_probs_BxK, weights_B, temperature: float) -> jax.Array:
+    """T^2 * KL(teacher || student) of the temperature-T softmaxes, the weighted mean over samples.
+
+    The T^2 keeps the term's gradient on the scale of the labels' cross-entropy (Hinton et al., 2015).
+    """
+    per_sample = optax.kl_divergence(jax.nn.log_softmax(logits_BxK / temperature), teacher_probs_BxK)
+    return temperature**2 * jnp.sum(per_sample * weights_B) / jnp.maximum(jnp.sum(weights_B), 1e-9)
+
+
+def teacher_probs(teachers: Sequence[TrainState], faces_BxHxW: jax.Array, crop_at, erase_key: jax.Array | None,
+                  config: Config) -> jax.Array:
+    """The teachers' mean temperature-softened class probabilities on the student's augmented view.
+
+    Each teacher subtracts its own mean face; it sees the student's window (`crop_at`) and, with the
+    same key, the same erased rectangle. No gradient flows into the teachers.
+    """
+    probs = []
+    for teacher in teachers:
+        x = model_inputs(teacher, faces_BxHxW, config.standardize, crop_at)
+        if erase_key is not None:
+            x = preprocess.random_erase(erase_key, x[..., 0], config.erase)[..., None]
+        (logits, _) = teacher.apply_fn({"params": teacher.params, "batch_stats": teacher.batch_stats}, x, train=False)
+        probs.append(jax.nn.softmax(logits / config.distill_temperature))
+    return jax.lax.stop_gradient(jnp.mean(jnp.stack(probs), 0))
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequence[TrainState] = (), *,
+               config: Config) -> tuple[TrainState, dict]:
     """One optimisation step on a batch {'image': uint8 BxHxW, 'label', 'mask'[, 'hog', 'hog_flipped']}.
 
-    Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). With config.ema, the new weights
+    Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). With `teachers` (evaluation
+    states, e.g. `inference.load_model`), the cross-entropy weighs 1 - config.distill_weight and
+    `distillation_loss` against their mean prediction the rest. With config.ema, the new weights
     also join their moving average. Returns the new state and device-scalar metrics (loss,
     cross_entropy, accuracy, learning_rate).
     """
@@ -209,13 +239,18 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, config: Config
     if aug.erase:
         x = preprocess.random_erase(k_erase, x[..., 0], aug.erase)[..., None]
     weights_B = batch["mask"] * state.class_weights[batch["label"]]
+    targets = teacher_probs(teachers, faces, crop_at, k_erase if aug.erase else None, config) if teachers else None
 
     def loss_fn(params):
         (logits, _), updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, x, train=True,
             rngs={"dropout": k_dropout}, mutable=["batch_stats"], **_hog_input(batch, flipped_B))
         ce = weighted_cross_entropy(logits, batch["label"], weights_B, config.label_smoothing)
-        return ce + config.l2 * l2_penalty(params), (ce, logits, updates)
+        data_loss = ce
+        if targets is not None:
+            distilled = distillation_loss(logits, targets, weights_B, config.distill_temperature)
+            data_loss = (1 - config.distill_weight) * ce + config.distill_weight * distilled
+        return data_loss + config.l2 * l2_penalty(params), (ce, logits, updates)
 
     (loss, (ce, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)

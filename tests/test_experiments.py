@@ -149,6 +149,18 @@ def test_checkpoints_from_before_the_weight_average_still_load(trained, tmp_path
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_run_learns_from_teachers_that_see_its_inputs(trained, small_fer2013, tmp_path):
+    teacher_dir, _, _ = trained
+    config = configs.tiny_config(distill_from=(teacher_dir, teacher_dir), distill_weight=0.7, erase=0.5)
+    metrics = loop.train_and_evaluate(config, str(tmp_path / "student"), dataset=small_fer2013, log_every_steps=5)
+    assert np.isfinite(metrics["history"][-1]["train_loss"])
+    assert metrics["config"]["distill_from"] == (teacher_dir, teacher_dir)
+    with pytest.raises(ConfigError, match=r"--distill_from=.*trained with --crop=0, this run has --crop=40"):
+        loop.load_teachers(configs.tiny_config(crop=40, distill_from=(teacher_dir,)))
+    with pytest.raises(checkpoint.CheckpointError, match="--distill_from: /no/such/run: no such checkpoint"):
+        loop.load_teachers(configs.tiny_config(distill_from=("/no/such/run",)))
+
+
 def test_non_finite_loss_stops_with_a_clear_error(small_fer2013, tmp_path):
     config = configs.tiny_config(learning_rate=1e30, batch_size=32)
     with pytest.raises(loop.TrainingError, match="non-finite loss at step"):

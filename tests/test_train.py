@@ -186,6 +186,45 @@ def test_train_step_averages_the_weights_that_evaluation_uses(small_fer2013):
     assert float(train.eval_step(evaluated, batch)["loss_sum"]) != float(live)
 
 
+def test_distillation_loss_by_hand():
+    student = jnp.log(jnp.array([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]))
+    teacher = jnp.array([[0.25, 0.5, 0.25], [0.2, 0.3, 0.5]])
+    weights = jnp.array([2.0, 1.0])
+    # KL(t || s) = sum t log(t / s): 0.25 log 0.5 + 0.5 log 2 for the first face, 0 for the second (equal).
+    expected = 2 * (0.25 * np.log(0.5) + 0.5 * np.log(2.0)) / 3
+    assert float(train.distillation_loss(student, teacher, weights, 1.0)) == pytest.approx(expected, rel=1e-5)
+    # At temperature 2 the student's logits are halved: softmax(log(p) / 2) is sqrt(p), normalised.
+    softened = np.sqrt([0.5, 0.25, 0.25]) / np.sqrt([0.5, 0.25, 0.25]).sum()
+    kl = float(np.sum(np.array([0.25, 0.5, 0.25]) * np.log(np.array([0.25, 0.5, 0.25]) / softened)))
+    only_first = train.distillation_loss(student, teacher, jnp.array([1.0, 0.0]), 2.0)
+    assert float(only_first) == pytest.approx(4 * kl, rel=1e-5)
+
+
+def test_distillation_weighs_the_teachers_against_the_labels(small_fer2013):
+    batch = _batch(small_fer2013.train, 16)
+    teacher = train.evaluation_state(_state(configs.tiny_config(seed=7), small_fer2013.train))
+    relabelled = {**batch, "label": (batch["label"] + 1) % data.NUM_CLASSES}
+
+    def step(config, batch, teachers):
+        fn = jax.jit(functools.partial(train.train_step, config=config))
+        return fn(_state(config, small_fer2013.train), batch, jax.random.key(0), teachers)
+
+    config = configs.tiny_config(shift=2, erase=0.5, distill_weight=1.0)
+    (a, ma), (b, mb) = step(config, batch, (teacher,)), step(config, relabelled, (teacher,))
+    assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-6)  # the labels play no part
+    assert float(ma["cross_entropy"]) != float(mb["cross_entropy"])
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+    config = configs.tiny_config(shift=2, erase=0.5, distill_weight=0.0)
+    (c, mc), (d, md) = step(config, batch, (teacher,)), step(config, batch, ())
+    assert float(mc["loss"]) == pytest.approx(float(md["loss"]), rel=1e-6)  # the teachers play no part
+    for x, y in zip(jax.tree.leaves(c.params), jax.tree.leaves(d.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    with pytest.raises(configs.ConfigError, match="--distill_weight=1.5: must be in"):
+        configs.tiny_config(distill_weight=1.5)
+
+
 def test_bfloat16_computation_keeps_float32_parameters(small_fer2013):
     config = configs.tiny_config(model="_tiny_stn_deep", dtype="bfloat16")
     state = _state(config, small_fer2013.train)
