@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from ferjax import data, loop, runs
-from ferjax.configs import INT_TUPLE, STR_TUPLE, Config, ConfigError, base_type
+from ferjax.configs import INT_TUPLE, Config, ConfigError, base_type
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def parse_grid(spec: str) -> list[dict]:
     """'learning_rate=1e-3,3e-3;dropout=0.3,0.5' -> the cartesian product as a list of overrides.
 
-    Values are converted to the type of the Config field; a tuple field's values are joined by '/'
+    Values are converted to the type of the Config field; a tuple field's numbers are joined by '/'
     ('hidden=256,512/256'). An empty spec is one run of the base config.
 
     Raises:
@@ -54,8 +54,6 @@ def _convert(kind: str, value: str, name: str):
             return float(value)
         if kind == INT_TUPLE:
             return tuple(int(v) for v in value.split("/"))
-        if kind == STR_TUPLE:
-            return tuple(value.split("/"))
     except ValueError:
         raise ConfigError(f"--grid: {name}={value!r} is not a {kind}") from None
     return value
@@ -89,6 +87,9 @@ def run_fold(base: Config, overrides: dict, config_index: int, fold: int, folds:
         log.info("%s fold %d: finished before, reading %s", name, fold, metrics_path)
         return runs.read_metrics(metrics_path)
     config = dataclasses.replace(base, **overrides).validate()
+    if config.distill_from:
+        raise ConfigError("--distill_from: not in cross-validation, where a teacher trained on the training split "
+                          "has seen every fold's held-out faces")
     # limit_train subsets the whole training split before it is divided into folds.
     train_split = data.stratified_subset(dataset.train, config.limit_train, config.seed)
     splits = data.stratified_kfold(train_split.labels, folds, seed=base.seed)

@@ -252,6 +252,8 @@ def test_kfold_search_and_resumability(small_fer2013, tmp_path):
         kfold.parse_grid("learning_rat=1")
     with pytest.raises(ConfigError, match="is not a float"):
         kfold.parse_grid("learning_rate=fast")
+    with pytest.raises(ConfigError, match="--distill_from: not in cross-validation"):
+        kfold.run_fold(configs.tiny_config(distill_from=("runs/a",)), {}, 0, 0, 2, small_fer2013, str(tmp_path / "kd"))
 
 
 @pytest.mark.parametrize("args,message", [
@@ -349,10 +351,10 @@ def test_every_config_field_is_a_typed_flag():
     experiment_flags.define_config_flags(values)
     assert {f.name for f in dataclasses.fields(configs.Config)} <= set(values)
     values(["prog", "--dropout=0.3", "--limit_train=50", "--widths=8,16", "--hidden=32,16", "--noflip",
-            "--convs_per_stage=2", "--model=cnn_shallow"])
+            "--convs_per_stage=2", "--model=cnn_shallow", "--distill_from=runs/a,runs/b"])
     config = experiment_flags.config_from_flags(values).validate()
     assert config.dropout == 0.3 and config.limit_train == 50 and config.widths == (8, 16) and not config.flip
-    assert config.hidden == (32, 16) and config.convs_per_stage == 2
+    assert config.hidden == (32, 16) and config.convs_per_stage == 2 and config.distill_from == ("runs/a", "runs/b")
     assert configs.Config.from_dict(json.loads(config.to_json())) == config
 
 
