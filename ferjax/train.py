@@ -226,7 +226,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     """One optimisation step on a batch {'image': uint8 BxHxW, 'label', 'mask'[, 'hog', 'hog_flipped']}.
 
     Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). With `teachers` (evaluation
-    states, e.g. `inference.load_model`), the cross-entropy weighs 1 - config.distill_weight and
+    states, from `loop.load_teachers`), the cross-entropy weighs 1 - config.distill_weight and
     `distillation_loss` against their mean prediction the rest. With config.ema, the new weights
     also join their moving average. Returns the new state and device-scalar metrics (loss,
     cross_entropy, accuracy, learning_rate).
