@@ -195,6 +195,15 @@ def weighted_cross_entropy(logits_BxK, labels_B, weights_B, label_smoothing: flo
     return jnp.sum(per_sample * weights_B) / jnp.maximum(jnp.sum(weights_B), 1e-9)
 
 
+def _training_view(state: TrainState, faces_BxHxW: jax.Array, config: Config, crop_at,
+                   erase_key: jax.Array | None) -> jax.Array:
+    """The model input of augmented faces: normalised, cropped at `crop_at`, then erased (`erase_key`)."""
+    x = model_inputs(state, faces_BxHxW, config.standardize, crop_at)
+    if erase_key is None:
+        return x
+    return preprocess.random_erase(erase_key, x[..., 0], config.erase)[..., None]
+
+
 def distillation_loss(logits_BxK, teacher_probs_BxK, weights_B, temperature: float) -> jax.Array:
     """T^2 * KL(teacher || student) of the temperature-T softmaxes, the weighted mean over samples.
 
@@ -213,9 +222,7 @@ def teacher_probs(teachers: Sequence[TrainState], faces_BxHxW: jax.Array, crop_a
     """
     probs = []
     for teacher in teachers:
-        x = model_inputs(teacher, faces_BxHxW, config.standardize, crop_at)
-        if erase_key is not None:
-            x = preprocess.random_erase(erase_key, x[..., 0], config.erase)[..., None]
+        x = _training_view(teacher, faces_BxHxW, config, crop_at, erase_key)
         (logits, _) = teacher.apply_fn({"params": teacher.params, "batch_stats": teacher.batch_stats}, x, train=False)
         probs.append(jax.nn.softmax(logits / config.distill_temperature))
     return jax.lax.stop_gradient(jnp.mean(jnp.stack(probs), 0))
@@ -235,11 +242,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     aug = _augment_config(config)
     faces, flipped_B = preprocess.augment(k_aug, batch["image"].astype(jnp.float32), aug)
     crop_at = preprocess.random_crop_offsets(k_crop, *faces.shape, state.crop) if state.crop else None
-    x = model_inputs(state, faces, config.standardize, crop_at)
-    if aug.erase:
-        x = preprocess.random_erase(k_erase, x[..., 0], aug.erase)[..., None]
+    erase_key = k_erase if aug.erase else None
+    x = _training_view(state, faces, config, crop_at, erase_key)
     weights_B = batch["mask"] * state.class_weights[batch["label"]]
-    targets = teacher_probs(teachers, faces, crop_at, k_erase if aug.erase else None, config) if teachers else None
+    targets = teacher_probs(teachers, faces, crop_at, erase_key, config) if teachers else None
 
     def loss_fn(params):
         (logits, _), updates = state.apply_fn(
