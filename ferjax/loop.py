@@ -95,7 +95,7 @@ def load_teachers(config: Config) -> tuple[train.TrainState, ...]:
         except checkpoint.CheckpointError as e:
             raise checkpoint.CheckpointError(f"--distill_from: {e}") from None
         teacher_config = Config.from_dict(meta["config"])
-        if models.create(teacher_config.model, **teacher_config.model_kwargs()).needs_hog:
+        if meta.get("hog_dim"):
             raise ConfigError(f"--distill_from={path}: a HOG model cannot teach (its inputs include HOG vectors)")
         for flag in ("crop", "standardize"):
             theirs, ours = getattr(teacher_config, flag), getattr(config, flag)

@@ -161,6 +161,14 @@ def test_a_run_learns_from_teachers_that_see_its_inputs(trained, small_fer2013, 
         loop.load_teachers(configs.tiny_config(distill_from=("/no/such/run",)))
 
 
+def test_a_hog_model_cannot_teach(trained, monkeypatch):
+    teacher_dir, _, _ = trained
+    state, meta = inference.load_model(teacher_dir)
+    monkeypatch.setattr(inference, "load_model", lambda path: (state, {**meta, "hog_dim": 900}))
+    with pytest.raises(ConfigError, match="--distill_from=.*: a HOG model cannot teach"):
+        loop.load_teachers(configs.tiny_config(distill_from=(teacher_dir,)))
+
+
 def test_non_finite_loss_stops_with_a_clear_error(small_fer2013, tmp_path):
     config = configs.tiny_config(learning_rate=1e30, batch_size=32)
     with pytest.raises(loop.TrainingError, match="non-finite loss at step"):
