@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import json
 import os
 
@@ -51,6 +52,19 @@ def export_model(state: train.TrainState, meta: dict, path: str, dtype=np.float1
     with open(path + ".json", "w") as f:
         json.dump(meta, f, indent=2)
     return path + ".msgpack", path + ".json"
+
+
+def weights_fingerprint(state: train.TrainState) -> str:
+    """A short hash of what a model computes with (weights, batch-norm statistics, mean face, as float32).
+
+    It names a model wherever its files lie: a student's metrics record its teachers' fingerprints,
+    and an exported model's card its own.
+    """
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves({"params": state.params, "batch_stats": state.batch_stats,
+                                 "mean_image": state.mean_image}):
+        digest.update(np.asarray(leaf, np.float32).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def pick_storage(candidates: list[dict], max_bytes: int | None = None) -> dict:

@@ -81,14 +81,15 @@ def prepare_inputs(config: Config, dataset: data.FER2013, needs_hog: bool) -> In
     return Inputs(**splits, extras=extras, hog_dim=hog_dim)
 
 
-def load_teachers(config: Config) -> tuple[train.TrainState, ...]:
-    """The --distill_from models as evaluation states, without their optimizer state.
+def load_teachers(config: Config) -> tuple[tuple[train.TrainState, ...], list[dict]]:
+    """The --distill_from models as evaluation states, without their optimizer state, and what identifies each:
+    its path, the fingerprint of its weights, and the commit and command that trained it.
 
     Raises:
       CheckpointError: a teacher cannot be read.
       ConfigError: a teacher that cannot see the student's inputs (another --crop or --standardize, or HOG).
     """
-    teachers = []
+    teachers, records = [], []
     for path in config.distill_from or ():
         try:
             teacher, meta = inference.load_model(path)
@@ -103,7 +104,10 @@ def load_teachers(config: Config) -> tuple[train.TrainState, ...]:
                 raise ConfigError(f"--distill_from={path}: the teacher was trained with --{flag}={theirs}, this run "
                                   f"has --{flag}={ours}; a teacher must see the student's inputs")
         teachers.append(teacher.replace(tx=None, opt_state=None))
-    return tuple(teachers)
+        # A path can later hold another model (the bundled one is replaced); the fingerprint cannot.
+        records.append({"path": path, "fingerprint": inference.weights_fingerprint(teacher),
+                        "commit": meta.get("commit"), "command": meta.get("command")})
+    return tuple(teachers), records
 
 
 def _read_history(path: str) -> list[dict]:
@@ -256,7 +260,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     dataset = dataset or data.load(data_dir)
     inputs = prepare_inputs(config, dataset, model.needs_hog)
     steps_per_epoch = data.num_batches(len(inputs.train), config.batch_size)
-    teachers = parallel.replicate(load_teachers(config), mesh)
+    teachers, teacher_records = load_teachers(config)
+    teachers = parallel.replicate(teachers, mesh)
 
     init_key, loop_key = jax.random.split(jax.random.key(config.seed))
     state = parallel.replicate(train.create_train_state(
@@ -271,6 +276,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         "hog_dim": inputs.hog_dim,
         "commit": git_commit(),
         "command": command or " ".join(sys.argv),
+        **({"teachers": teacher_records} if teacher_records else {}),
     }
 
     # Closed on exit: orbax managers left to the garbage collector outlive their asyncio loop.
@@ -348,6 +354,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         "commit": meta["commit"],
         "command": meta["command"],
         "config": meta["config"],
+        **({"teachers": meta["teachers"]} if "teachers" in meta else {}),
         "history": history,
     }
     if parallel.is_logging_process():

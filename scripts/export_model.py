@@ -1,7 +1,8 @@
 """Export a trained model for `predict`: python scripts/export_model.py --workdir=runs/X [--output=PATH]
 
 Writes PATH.msgpack (weights and batch-norm statistics, the training mean face) and PATH.json
-(model config, class names, and the run's metrics.json figures). The weights are stored in float16
+(model config, class names, the run's metrics.json figures and the fingerprint of the stored weights,
+which a student distilled from this model records). The weights are stored in float16
 or float32, whichever has the better val accuracy once exported and reloaded among those that fit
 --max_mb; float16 on a tie. The default PATH is the model bundled with ferjax, with its 10 MB budget.
 """
@@ -39,8 +40,10 @@ def _exported_candidates(state, meta: dict, dataset) -> list[dict]:
             name = np.dtype(dtype).name
             path = os.path.join(tmp, name)
             weights, _ = inference.export_model(state, meta, path, dtype)
-            accuracies = _accuracies(inference.load_model(path)[0], dataset, meta["config"]["standardize"])
-            candidates.append({"storage": name, "bytes": os.path.getsize(weights), **accuracies})
+            reloaded = inference.load_model(path)[0]
+            accuracies = _accuracies(reloaded, dataset, meta["config"]["standardize"])
+            candidates.append({"storage": name, "bytes": os.path.getsize(weights),
+                               "fingerprint": inference.weights_fingerprint(reloaded), **accuracies})
             print(f"{name}: {candidates[-1]['bytes'] / 1e6:.1f} MB, val {accuracies['val_accuracy']:.4f} "
                   f"test {accuracies['test_accuracy']:.4f}")
     return candidates
@@ -61,7 +64,7 @@ def main(argv):
         return 1
     card = {key: metrics[key] for key in ("model", "params", "epochs", "best_epoch", "val_accuracy", "test_accuracy",
                                           "test_accuracy_flip_tta", "test_accuracy_tencrop_tta", "wall_time_s",
-                                          "device", "commit", "command") if key in metrics}
+                                          "device", "commit", "command", "teachers") if key in metrics}
     print(f"checkpoint: val {card['val_accuracy']:.4f} test {card['test_accuracy']:.4f}")
     candidates = _exported_candidates(state, meta, dataset)
     try:
@@ -69,8 +72,8 @@ def main(argv):
     except ValueError as e:
         print(f"error: --max_mb={FLAGS.max_mb}: {e}", file=sys.stderr)
         return 1
-    card.update(storage=chosen["storage"], val_accuracy_exported=chosen["val_accuracy"],
-                test_accuracy_exported=chosen["test_accuracy"])
+    card.update(storage=chosen["storage"], fingerprint=chosen["fingerprint"],
+                val_accuracy_exported=chosen["val_accuracy"], test_accuracy_exported=chosen["test_accuracy"])
     weights, meta_path = inference.export_model(state, {**meta, "card": card}, FLAGS.output, chosen["storage"])
     print(f"wrote {weights} ({os.path.getsize(weights) / 1e6:.1f} MB, {chosen['storage']}) and {meta_path}")
     return 0

@@ -155,6 +155,9 @@ def test_a_run_learns_from_teachers_that_see_its_inputs(trained, small_fer2013, 
     metrics = loop.train_and_evaluate(config, str(tmp_path / "student"), dataset=small_fer2013, log_every_steps=5)
     assert np.isfinite(metrics["history"][-1]["train_loss"])
     assert metrics["config"]["distill_from"] == (teacher_dir, teacher_dir)
+    teacher, meta = inference.load_model(teacher_dir)
+    assert metrics["teachers"] == 2 * [{"path": teacher_dir, "fingerprint": inference.weights_fingerprint(teacher),
+                                        "commit": meta["commit"], "command": meta["command"]}]
     with pytest.raises(ConfigError, match=r"--distill_from=.*trained with --crop=0, this run has --crop=40"):
         loop.load_teachers(configs.tiny_config(crop=40, distill_from=(teacher_dir,)))
     with pytest.raises(checkpoint.CheckpointError, match="--distill_from: /no/such/run: no such checkpoint"):
@@ -233,6 +236,7 @@ def test_export_ships_the_best_val_storage_that_fits_the_budget(trained, fer2013
     probs = evaluate.predict_split(inference.load_model(str(output))[0], fer2013.val, 500,
                                    standardize=config.standardize)
     assert card["val_accuracy_exported"] == evaluate.metrics_from_probs(fer2013.val.labels, probs)["accuracy"]
+    assert card["fingerprint"] == inference.weights_fingerprint(inference.load_model(str(output))[0])
 
     result = export(sizes["float16"] / 2e6)
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0

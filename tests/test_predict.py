@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -37,6 +38,17 @@ def test_pick_storage_takes_the_best_val_that_fits_and_the_smaller_on_ties():
     assert inference.pick_storage([half, {**full, "val_accuracy": 0.6807}]) is half
     with pytest.raises(ValueError, match="no storage fits 5.0 MB"):
         inference.pick_storage([half, full], max_bytes=5_000_000)
+
+
+def test_fingerprint_names_the_weights_not_the_files(predictor, tmp_path):
+    fingerprint = inference.weights_fingerprint(predictor.state)
+    assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0
+    inference.export_model(predictor.state, predictor.meta, str(tmp_path / "copy"), np.float32)
+    assert inference.weights_fingerprint(inference.load_model(str(tmp_path / "copy"))[0]) == fingerprint
+    leaves, treedef = jax.tree.flatten(predictor.state.params)
+    leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].add(1e-3)  # one weight of millions
+    nudged = predictor.state.replace(params=jax.tree.unflatten(treedef, leaves))
+    assert inference.weights_fingerprint(nudged) != fingerprint
 
 
 def test_astronaut_is_one_happy_face():
