@@ -354,7 +354,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         "commit": meta["commit"],
         "command": meta["command"],
         "config": meta["config"],
-        **({"teachers": meta["teachers"]} if "teachers" in meta else {}),
+        **({"teachers": teacher_records} if teacher_records else {}),
         "history": history,
     }
     if parallel.is_logging_process():

@@ -233,10 +233,10 @@ def test_export_ships_the_best_val_storage_that_fits_the_budget(trained, fer2013
     with open(f"{output}.json") as f:
         card = json.load(f)["card"]
     assert card["storage"] == "float16" and os.path.getsize(f"{output}.msgpack") == sizes["float16"]
-    probs = evaluate.predict_split(inference.load_model(str(output))[0], fer2013.val, 500,
-                                   standardize=config.standardize)
+    exported = inference.load_model(str(output))[0]
+    probs = evaluate.predict_split(exported, fer2013.val, 500, standardize=config.standardize)
     assert card["val_accuracy_exported"] == evaluate.metrics_from_probs(fer2013.val.labels, probs)["accuracy"]
-    assert card["fingerprint"] == inference.weights_fingerprint(inference.load_model(str(output))[0])
+    assert card["fingerprint"] == inference.weights_fingerprint(exported)
 
     result = export(sizes["float16"] / 2e6)
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
