@@ -1,8 +1,10 @@
-"""Evaluate checkpoints: python -m experiments.evaluate --workdir=runs/stn [--split=test] [--tta=flip]
+"""Evaluate models: python -m experiments.evaluate --workdir=runs/stn [--split=test] [--tta=flip]
 
-Several --workdir / --checkpoint values make an ensemble (averaged probabilities); with
+--checkpoint also takes an exported model (the path without .msgpack, as scripts/export_model.py
+writes it). Several --workdir / --checkpoint values make an ensemble (averaged probabilities); with
 --select_on_val the ensemble is the subset of them that greedy forward selection picks on val.
-Writes the same metrics format as training to --output (default: <first workdir>/eval_<split>_<tta>.json).
+Writes the same metrics format as training to --output (default: eval_<split>_<tta>.json in the first
+model's workdir or checkpoint folder, or <exported model>_eval_<split>_<tta>.json beside it).
 """
 
 import json
@@ -16,7 +18,8 @@ from experiments.flags import define_data_dir_flag, start
 from ferjax import checkpoint, data, evaluate, loop, train
 
 flags.DEFINE_multi_string("workdir", [], "training workdir(s); their best checkpoint is used")
-flags.DEFINE_multi_string("checkpoint", [], "checkpoint folder(s), e.g. runs/stn/checkpoints/latest")
+flags.DEFINE_multi_string("checkpoint", [], "checkpoint folder(s), e.g. runs/stn/checkpoints/latest, or exported "
+                          "model(s), e.g. ferjax/assets/default_model")
 flags.DEFINE_enum("split", "test", data.SPLITS, "which split to evaluate")
 flags.DEFINE_enum("tta", "none", train.TTA_MODES, "test-time augmentation")
 define_data_dir_flag()
@@ -36,6 +39,12 @@ def _select_on_val(candidates: list[str], dataset: data.FER2013) -> dict:
     accuracy = evaluate.metrics_from_probs(val.labels, np.mean([probs[i] for i in chosen], axis=0))["accuracy"]
     return {"split": "val", "candidates": candidates, "chosen": [candidates[i] for i in chosen],
             "val_accuracy": accuracy}
+
+
+def _default_output(path: str) -> str:
+    """Inside a workdir or checkpoint folder; beside an exported model, whose path names two files."""
+    name = f"eval_{FLAGS.split}_{FLAGS.tta}.json"
+    return os.path.join(path, name) if os.path.isdir(path) else f"{path}_{name}"
 
 
 def main(argv):
@@ -60,9 +69,13 @@ def main(argv):
         print(f"chosen on val ({selection['val_accuracy']:.4f}, tta={FLAGS.tta}): {', '.join(paths)}")
     results.update(device=loop.device_description(), commit=commit,
                    command=" ".join(["python -m experiments.evaluate"] + sys.argv[1:]))
-    output = FLAGS.output or os.path.join(paths[0], f"eval_{FLAGS.split}_{FLAGS.tta}.json")
-    with open(output, "w") as f:
-        json.dump(results, f, indent=2)
+    output = FLAGS.output or _default_output(paths[0])
+    try:
+        with open(output, "w") as f:
+            json.dump(results, f, indent=2)
+    except OSError as e:
+        print(f"error: --output={output}: {e.strerror}", file=sys.stderr)
+        return 1
     per_class = ", ".join(f"{k} {v:.3f}" for k, v in results["per_class_accuracy"].items())
     print(f"{FLAGS.split} accuracy {results['accuracy']:.4f} (macro-F1 {results['macro_f1']:.4f}, "
           f"{results['count']} faces, tta={FLAGS.tta}, {len(paths)} model(s))")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ferjax import checkpoint, data, features, train
+from ferjax import checkpoint, data, features, inference, train
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +61,21 @@ def metrics_from_probs(labels_N: np.ndarray, probs_NxK: np.ndarray) -> dict:
 
 def checkpoint_probs(paths: Sequence[str], faces: data.Split, *, tta: str = "none",
                      batch_size: int = 500) -> tuple[list[dict], list[np.ndarray]]:
-    """Each checkpoint's class probabilities [N, 7] for `faces`, and a description of each checkpoint.
+    """Each model's class probabilities [N, 7] for `faces`, and a description of each model.
 
-    Each checkpoint brings its own preprocessing (training mean, standardisation, HOG parameters).
+    A path is a training workdir, a checkpoint folder or an exported model (path without suffix); each
+    model brings its own preprocessing (training mean, standardisation, HOG parameters).
 
     Raises:
-      CheckpointError: a path holds no readable checkpoint.
+      CheckpointError: a path holds no readable model.
     """
     train.check_tta(tta)
     members, probs = [], []
     for index, path in enumerate(paths, 1):
         started = time.perf_counter()
-        state, meta = checkpoint.load(path)
+        if not path:  # inference.load_model would read it as the bundled model
+            raise checkpoint.CheckpointError("an empty path names no model")
+        state, meta = inference.load_model(path)
         config = meta["config"]
         extra = None
         if meta.get("hog_dim"):
@@ -89,10 +92,10 @@ def checkpoint_probs(paths: Sequence[str], faces: data.Split, *, tta: str = "non
 
 def evaluate_checkpoints(paths: Sequence[str], dataset: data.FER2013, split: str = "test", *,
                          tta: str = "none", batch_size: int = 500, limit: int | None = None) -> dict:
-    """Metrics of one checkpoint, or of an ensemble of several (averaged probabilities), on a split.
+    """Metrics of one model, or of an ensemble of several (averaged probabilities), on a split.
 
     Raises:
-      CheckpointError: a path holds no readable checkpoint.
+      CheckpointError: a path holds no readable model.
     """
     faces = data.stratified_subset(dataset.split(split), limit)
     members, probs = checkpoint_probs(paths, faces, tta=tta, batch_size=batch_size)

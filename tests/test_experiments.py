@@ -178,7 +178,7 @@ def test_non_finite_loss_stops_with_a_clear_error(small_fer2013, tmp_path):
         loop.train_and_evaluate(config, str(tmp_path), dataset=small_fer2013, log_every_steps=1)
 
 
-def test_evaluate_with_tta_and_ensembles(trained, small_fer2013):
+def test_evaluate_with_tta_and_ensembles(trained, small_fer2013, tmp_path):
     workdir, _, metrics = trained
     single = evaluate.evaluate_checkpoints([workdir], small_fer2013, "test")
     assert single["accuracy"] == metrics["test_accuracy"]
@@ -188,8 +188,13 @@ def test_evaluate_with_tta_and_ensembles(trained, small_fer2013):
     assert tencrop["count"] == 96
     twice = evaluate.evaluate_checkpoints([workdir, workdir], small_fer2013, "test")
     assert twice["accuracy"] == single["accuracy"] and len(twice["members"]) == 2
+    exported = str(tmp_path / "exported")
+    inference.export_model(*checkpoint.load(workdir), exported, np.float32)
+    assert evaluate.evaluate_checkpoints([exported], small_fer2013, "test")["accuracy"] == single["accuracy"]
     with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
         evaluate.evaluate_checkpoints([workdir + "_missing"], small_fer2013)
+    with pytest.raises(checkpoint.CheckpointError, match="an empty path names no model"):
+        evaluate.evaluate_checkpoints([""], small_fer2013)  # not the bundled model
 
 
 def test_greedy_ensemble_adds_members_while_val_accuracy_rises():
@@ -203,17 +208,18 @@ def test_greedy_ensemble_adds_members_while_val_accuracy_rises():
 
 def test_evaluate_script_selects_the_ensemble_on_val(trained, tmp_path, fer2013_dir):
     workdir, _, _ = trained
-    output = tmp_path / "eval.json"
-    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}",
-                             f"--workdir={workdir}", "--select_on_val", "--limit=70", f"--output={output}"],
+    exported = str(tmp_path / "exported")  # the same weights: adding the workdir to it adds nothing
+    inference.export_model(*checkpoint.load(workdir), exported, np.float32)
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--checkpoint={exported}",
+                             f"--checkpoint={workdir}", "--select_on_val", "--limit=70"],
                             cwd=REPO, capture_output=True, text=True, env={**os.environ, "FER2013_DIR": fer2013_dir},
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert "model 2/2" in result.stderr  # progress: one line per model and split
-    with open(output) as f:
+    with open(f"{exported}_eval_test_none.json") as f:  # by default, beside the first chosen model
         saved = json.load(f)
-    assert saved["selection"]["chosen"] == [workdir] and len(saved["selection"]["candidates"]) == 2
-    assert [m["path"] for m in saved["members"]] == [workdir] and saved["split"] == "test" and saved["count"] == 70
+    assert saved["selection"]["chosen"] == [exported] and len(saved["selection"]["candidates"]) == 2
+    assert [m["path"] for m in saved["members"]] == [exported] and saved["split"] == "test" and saved["count"] == 70
 
 
 def test_export_ships_the_best_val_storage_that_fits_the_budget(trained, fer2013, fer2013_dir, tmp_path):
