@@ -4,17 +4,17 @@
 writes it). Several --workdir / --checkpoint values make an ensemble (averaged probabilities); with
 --select_on_val the ensemble is the subset of them that greedy forward selection picks on val.
 Writes the same metrics format as training to --output (default: eval_<split>_<tta>.json in the first
-model's workdir or checkpoint folder, or <exported model>_eval_<split>_<tta>.json beside it).
+model's workdir or checkpoint folder; for an exported model <name>_eval_<split>_<tta>.json in the working
+directory).
 """
 
 import json
-import os
 import sys
 
 import numpy as np
 from absl import app, flags
 
-from experiments.flags import define_data_dir_flag, start
+from experiments.flags import default_output, define_data_dir_flag, start
 from ferjax import checkpoint, data, evaluate, loop, train
 
 flags.DEFINE_multi_string("workdir", [], "training workdir(s); their best checkpoint is used")
@@ -41,12 +41,6 @@ def _select_on_val(candidates: list[str], dataset: data.FER2013) -> dict:
             "val_accuracy": accuracy}
 
 
-def _default_output(path: str) -> str:
-    """Inside a workdir or checkpoint folder; beside an exported model, whose path names two files."""
-    name = f"eval_{FLAGS.split}_{FLAGS.tta}.json"
-    return os.path.join(path, name) if os.path.isdir(path) else f"{path}_{name}"
-
-
 def main(argv):
     start(argv)
     commit = loop.git_commit()  # of the code that evaluates, before any later edit of the tree
@@ -69,7 +63,7 @@ def main(argv):
         print(f"chosen on val ({selection['val_accuracy']:.4f}, tta={FLAGS.tta}): {', '.join(paths)}")
     results.update(device=loop.device_description(), commit=commit,
                    command=" ".join(["python -m experiments.evaluate"] + sys.argv[1:]))
-    output = FLAGS.output or _default_output(paths[0])
+    output = FLAGS.output or default_output(paths[0], f"eval_{FLAGS.split}_{FLAGS.tta}.json")
     try:
         with open(output, "w") as f:
             json.dump(results, f, indent=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 
 from absl import flags
 
@@ -30,6 +31,15 @@ def _field_help(name: str) -> str:
 def define_data_dir_flag() -> None:
     flags.DEFINE_string("data_dir", None, f"FER2013 folder or CSV (default: ${data.DATA_DIR_ENV}, else "
                                           f"{data.DEFAULT_DATA_DIR})")
+
+
+def default_output(model_path: str, name: str) -> str:
+    """Where a script writes `name` about a model when --output is not given: inside a workdir or
+    checkpoint folder; for an exported model (two files, perhaps inside the installed package), in the
+    working directory under the model's name."""
+    if os.path.isdir(model_path):
+        return os.path.join(model_path, name)
+    return f"{os.path.basename(model_path)}_{name}"
 
 
 def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

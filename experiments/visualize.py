@@ -1,5 +1,7 @@
 """Visualise what a trained network learned: python -m experiments.visualize --workdir=runs/stn
 
+--workdir also takes an exported model (the path without .msgpack), the bundled one among them.
+
 Writes feature maps of every conv layer, first-layer filters, the spatial transformer's input
 beside its warped face (attention models) and per-class gradient saliency maps as PNGs. For
 attention models also attention.json: how theta warps every face of the split, and how many
@@ -12,24 +14,26 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import define_data_dir_flag, start
-from ferjax import checkpoint, data, features, visualize
+from experiments.flags import default_output, define_data_dir_flag, start
+from ferjax import checkpoint, data, features, inference, visualize
 
-flags.DEFINE_string("workdir", None, "training workdir (its best checkpoint) or a checkpoint folder")
+flags.DEFINE_string("workdir", None, "training workdir (its best checkpoint), a checkpoint folder, or an exported "
+                    "model, e.g. ferjax/assets/default_model")
 define_data_dir_flag()
 flags.DEFINE_enum("split", "val", data.SPLITS, "which split the example faces come from")
 flags.DEFINE_integer("faces_per_class", 2, "example faces per class", lower_bound=1)
-flags.DEFINE_string("output", None, "output folder (default: <workdir>/visualize)")
+flags.DEFINE_string("output", None, "output folder (default: <workdir>/visualize; for an exported model "
+                    "<name>_visualize in the working directory)")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     start(argv)
     if not FLAGS.workdir:
-        print("error: pass --workdir=DIR (a training workdir or checkpoint folder)", file=sys.stderr)
+        print("error: pass --workdir=DIR (a training workdir, checkpoint folder or exported model)", file=sys.stderr)
         return 1
     try:
-        state, meta = checkpoint.load(FLAGS.workdir)
+        state, meta = inference.load_model(FLAGS.workdir)
         split = data.load(FLAGS.data_dir).split(FLAGS.split)
     except (data.DataError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -43,7 +47,7 @@ def main(argv):
                                         config["hog_cells_per_block"])["hog"]
 
     faces = visualize.faces_per_class(split, FLAGS.faces_per_class)
-    output = FLAGS.output or os.path.join(FLAGS.workdir, "visualize")
+    output = FLAGS.output or default_output(FLAGS.workdir, "visualize")
     for path in visualize.write_all(state, faces, output, standardize=config["standardize"], hog=hog_of(faces.images)):
         print(f"wrote {path}")
     if visualize.has_attention(state):  # before the whole split's HOG, which only an attention model needs here

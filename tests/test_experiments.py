@@ -21,6 +21,11 @@ from ferjax.configs import ConfigError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _script_env(fer2013_dir: str) -> dict:
+    """For `python -m experiments.<script>` run from another folder: the repo on the path, the data set."""
+    return {**os.environ, "FER2013_DIR": fer2013_dir, "PYTHONPATH": REPO}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_fer2013):
     """One epoch of a tiny attention model: 320 train faces, batch 32 -> 10 steps."""
@@ -212,11 +217,10 @@ def test_evaluate_script_selects_the_ensemble_on_val(trained, tmp_path, fer2013_
     inference.export_model(*checkpoint.load(workdir), exported, np.float32)
     result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--checkpoint={exported}",
                              f"--checkpoint={workdir}", "--select_on_val", "--limit=70"],
-                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "FER2013_DIR": fer2013_dir},
-                            timeout=300)
+                            cwd=tmp_path, capture_output=True, text=True, env=_script_env(fer2013_dir), timeout=300)
     assert result.returncode == 0, result.stderr
     assert "model 2/2" in result.stderr  # progress: one line per model and split
-    with open(f"{exported}_eval_test_none.json") as f:  # by default, beside the first chosen model
+    with open(tmp_path / "exported_eval_test_none.json") as f:  # by default, named after the exported model
         saved = json.load(f)
     assert saved["selection"]["chosen"] == [exported] and len(saved["selection"]["candidates"]) == 2
     assert [m["path"] for m in saved["members"]] == [exported] and saved["split"] == "test" and saved["count"] == 70
@@ -345,17 +349,19 @@ def test_attention_statistics_read_theta_and_live_units_exactly(small_fer2013):
 
 def test_visualize_script_writes_attention_statistics_of_the_whole_split(trained, fer2013, fer2013_dir, tmp_path):
     workdir, _, _ = trained
-    result = subprocess.run([sys.executable, "-m", "experiments.visualize", f"--workdir={workdir}",
-                             "--faces_per_class=1", f"--output={tmp_path}"],
-                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "FER2013_DIR": fer2013_dir},
-                            timeout=300)
+    exported = str(tmp_path / "exported")
+    inference.export_model(*checkpoint.load(workdir), exported)
+    result = subprocess.run([sys.executable, "-m", "experiments.visualize", f"--workdir={exported}",
+                             "--faces_per_class=1"],
+                            cwd=tmp_path, capture_output=True, text=True, env=_script_env(fer2013_dir), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    with open(tmp_path / "attention.json") as f:
+    output = tmp_path / "exported_visualize"  # by default, named after the exported model
+    with open(output / "attention.json") as f:
         stats = json.load(f)
     assert stats["split"] == "val" and stats["faces"] == len(fer2013.val)
     assert 0 < stats["area_scale"]["min"] <= stats["area_scale"]["mean"] <= stats["area_scale"]["max"]
     assert 0 <= stats["live_units"] <= stats["units"] == 32
-    assert "live localisation units" in result.stdout and os.path.exists(tmp_path / "attention.png")
+    assert "live localisation units" in result.stdout and os.path.exists(output / "attention.png")
 
 
 def test_every_config_field_is_a_typed_flag():
