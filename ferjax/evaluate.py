@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ferjax import checkpoint, data, features, inference, train
+from ferjax import data, features, inference, train
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ def checkpoint_probs(paths: Sequence[str], faces: data.Split, *, tta: str = "non
     members, probs = [], []
     for index, path in enumerate(paths, 1):
         started = time.perf_counter()
-        if not path:  # inference.load_model would read it as the bundled model
-            raise checkpoint.CheckpointError("an empty path names no model")
         state, meta = inference.load_model(path)
         config = meta["config"]
         extra = None

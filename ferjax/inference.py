@@ -99,8 +99,12 @@ def _load_exported(path: str) -> tuple[train.TrainState, dict]:
 
 
 def load_model(path: str | None = None) -> tuple[train.TrainState, dict]:
-    """A training workdir or checkpoint folder, an exported model (path without suffix), or the bundled one."""
-    path = path or DEFAULT_MODEL
+    """A training workdir or checkpoint folder, an exported model (path without suffix), or, for None, the
+    bundled one. An empty path is an error: a stray comma in a list of paths must not name the bundled model."""
+    if path is None:
+        path = DEFAULT_MODEL
+    elif not path:
+        raise checkpoint.CheckpointError("an empty path names no model")
     if os.path.exists(path + ".msgpack"):
         return _load_exported(path)
     if path == DEFAULT_MODEL:

@@ -167,6 +167,8 @@ def test_a_run_learns_from_teachers_that_see_its_inputs(trained, small_fer2013, 
         loop.load_teachers(configs.tiny_config(crop=40, distill_from=(teacher_dir,)))
     with pytest.raises(checkpoint.CheckpointError, match="--distill_from: /no/such/run: no such checkpoint"):
         loop.load_teachers(configs.tiny_config(distill_from=("/no/such/run",)))
+    with pytest.raises(checkpoint.CheckpointError, match="--distill_from: an empty path names no model"):
+        loop.load_teachers(configs.tiny_config(distill_from=(teacher_dir, "")))  # --distill_from=a,
 
 
 def test_a_hog_model_cannot_teach(trained, monkeypatch):
