@@ -95,7 +95,8 @@ def attention_statistics(state: train.TrainState, images_NxHxW, standardize: boo
         "faces": len(theta_Nx2x3),
         "area_scale": {"min": float(area_N.min()), "mean": float(area_N.mean()), "max": float(area_N.max())},
         "shift_px": {"mean": shift_Nx2.mean(0).tolist(), "std": shift_Nx2.std(0).tolist()},
-        "theta_std": float(theta_Nx2x3.std(0).max()),  # the most any entry of theta varies between faces
+        # The largest standard deviation between faces of any entry of theta.
+        "theta_std": float(theta_Nx2x3.std(0).max()),
         "live_units": int(np.sum(hidden_NxU.max(0) > 0)),
         "units": hidden_NxU.shape[1],
     }
