@@ -4,8 +4,9 @@
 
 Writes feature maps of every conv layer, first-layer filters, the spatial transformer's input
 beside its warped face (attention models) and per-class gradient saliency maps as PNGs. For
-attention models also attention.json: how theta warps every face of the split, and how many
-units of the localisation net are live.
+attention models also attention.json: how theta warps every face of the split, how many units
+of the localisation net are live, and the split's accuracy and loss with theta's translation moved
+by each of --translation_offsets pixels along x and along y (translation_profile).
 """
 
 import json
@@ -22,6 +23,8 @@ flags.DEFINE_string("workdir", None, "training workdir (its best checkpoint), a 
 define_data_dir_flag()
 flags.DEFINE_enum("split", "val", data.SPLITS, "which split the example faces come from")
 flags.DEFINE_integer("faces_per_class", 2, "example faces per class", lower_bound=1)
+flags.DEFINE_list("translation_offsets", [str(o) for o in visualize.QUARTER_PIXEL_OFFSETS],
+                  "attention models: pixels by which theta's translation is moved to score the split; empty: none")
 flags.DEFINE_string("output", None, "output folder (default: <workdir>/visualize; for an exported model "
                     "<name>_visualize in the working directory)")
 FLAGS = flags.FLAGS
@@ -31,6 +34,12 @@ def main(argv):
     start(argv)
     if not FLAGS.workdir:
         print("error: pass --workdir=DIR (a training workdir, checkpoint folder or exported model)", file=sys.stderr)
+        return 1
+    try:
+        offsets_px = [float(o) for o in FLAGS.translation_offsets]
+    except ValueError:
+        print(f"error: --translation_offsets={','.join(FLAGS.translation_offsets)}: not a list of numbers",
+              file=sys.stderr)
         return 1
     try:
         state, meta = inference.load_model(FLAGS.workdir)
@@ -51,7 +60,15 @@ def main(argv):
     for path in visualize.write_all(state, faces, output, standardize=config["standardize"], hog=hog_of(faces.images)):
         print(f"wrote {path}")
     if visualize.has_attention(state):  # before the whole split's HOG, which only an attention model needs here
-        stats = visualize.attention_statistics(state, split.images, config["standardize"], hog_of(split.images))
+        split_hog = hog_of(split.images)
+        stats = visualize.attention_statistics(state, split.images, config["standardize"], split_hog)
+        if offsets_px:
+            stats["translation_profile"] = profile = visualize.translation_profile(
+                state, split, config["standardize"], split_hog, offsets_px)
+            for axis in ("x", "y"):
+                accuracy = profile[axis]["accuracy"]
+                print(f"theta's translation moved by {min(offsets_px):g} to {max(offsets_px):g} px along {axis}: "
+                      f"{FLAGS.split} accuracy {100 * min(accuracy):.2f}-{100 * max(accuracy):.2f}%")
         path = os.path.join(output, "attention.json")
         with open(path, "w") as f:
             json.dump({"split": FLAGS.split, **stats}, f, indent=2)

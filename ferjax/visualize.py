@@ -6,6 +6,7 @@ warped faces it returns in aux, and gradients of its logits; no forward pass is 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -15,6 +16,9 @@ import numpy as np
 
 from ferjax import data, plots, train
 from ferjax.models.stn import LOCALIZATION_NET
+
+# Where translation_profile moves theta by default: quarter-pixel steps to one pixel either way.
+QUARTER_PIXEL_OFFSETS = tuple(k / 4 for k in range(-4, 5))
 
 
 def faces_per_class(split: data.Split, count: int, seed: int = 0) -> data.Split:
@@ -100,6 +104,41 @@ def attention_statistics(state: train.TrainState, images_NxHxW, standardize: boo
         "live_units": int(np.sum(hidden_NxU.max(0) > 0)),
         "units": hidden_NxU.shape[1],
     }
+
+
+def _with_translation(params: dict, axis: int, offset: float) -> dict:
+    """params with `offset` (normalised coordinates) added to theta's translation along x (0) or y (1)."""
+    loc = params[LOCALIZATION_NET]
+    bias = loc["theta"]["bias"].at[3 * axis + 2].add(offset)  # theta is stored row-major: [a, b, tx, c, d, ty]
+    return {**params, LOCALIZATION_NET: {**loc, "theta": {**loc["theta"], "bias": bias}}}
+
+
+def translation_profile(state: train.TrainState, split: data.Split, standardize: bool = False, hog=None,
+                        offsets_px=QUARTER_PIXEL_OFFSETS, batch_size: int = 500) -> dict | None:
+    """Accuracy and mean cross-entropy of `split` with theta's translation moved by each offset, along x and y.
+
+    An offset of +1 px makes every output pixel sample the point one pixel of the warped map to the right
+    of (x) or below (y) the one the localisation net chose. Whether the learned warp is a local optimum of
+    the loss, and how much a sub-pixel move (which blurs the face) costs, can be read off the two curves.
+    None for a model without attention.
+    """
+    if not has_attention(state):
+        return None
+    (_, aux) = _apply(state, split.images[:1], standardize, None if hog is None else hog[:1])
+    height, width = aux["warped"].shape[1:3]
+    eval_step = jax.jit(functools.partial(train.eval_step, standardize=standardize))
+    extra = None if hog is None else {"hog": hog}
+    profile = {"faces": len(split), "offsets_px": [float(o) for o in offsets_px]}
+    for axis, (name, size) in enumerate((("x", width), ("y", height))):
+        accuracy, loss = [], []
+        for offset in offsets_px:
+            moved = state.replace(params=_with_translation(state.params, axis, 2.0 * offset / size))
+            sums = [eval_step(moved, batch) for batch in data.batches(split, batch_size, extra=extra)]
+            totals = jax.device_get(jax.tree.map(lambda *parts: sum(parts), *sums))
+            accuracy.append(float(totals["correct"] / totals["count"]))
+            loss.append(float(totals["loss_sum"] / totals["count"]))
+        profile[name] = {"accuracy": accuracy, "loss": loss}
+    return profile
 
 
 def _save(fig, path: str) -> str:

@@ -349,12 +349,48 @@ def test_attention_statistics_read_theta_and_live_units_exactly(small_fer2013):
     assert visualize.attention_statistics(cnn_state, small_fer2013.val.images) is None
 
 
+def test_translation_profile_scores_the_faces_the_moved_sampler_sees(small_fer2013):
+    from ferjax import train, visualize
+
+    config = configs.tiny_config(model="stn")
+    # A zero mean face: then the sampler's zero padding is what a black border in the image gives.
+    state = train.create_train_state(jax.random.key(0), models.create("stn"), config, steps_per_epoch=1,
+                                     mean_image=np.zeros((48, 48), np.float32))
+    faces = small_fer2013.val
+    profile = visualize.translation_profile(state, faces, offsets_px=(0.0, 1.0, -2.0), batch_size=40)
+
+    def scores(images):
+        batch = {"image": images, "label": faces.labels, "mask": np.ones(len(faces), np.float32)}
+        sums = train.eval_step(state, batch)
+        return float(sums["correct"] / len(faces)), float(sums["loss_sum"] / len(faces))
+
+    # theta's kernel starts at zero and its bias at the identity, so the initial net samples every face
+    # unmoved: +1 px along x shows each face one pixel to the left, -2 px along y two pixels lower.
+    black = np.zeros_like(faces.images)
+    left_1 = np.concatenate([faces.images[:, :, 1:], black[:, :, :1]], axis=2)
+    down_2 = np.concatenate([black[:, :2], faces.images[:, :-2]], axis=1)
+    expected = {"x": [scores(faces.images), scores(left_1)], "y": [scores(faces.images), None, scores(down_2)]}
+    assert profile["faces"] == len(faces) and profile["offsets_px"] == [0.0, 1.0, -2.0]
+    for axis, references in expected.items():
+        for i, reference in enumerate(references):
+            if reference is not None:
+                accuracy, loss = reference
+                assert profile[axis]["accuracy"][i] == pytest.approx(accuracy, abs=1 / len(faces))
+                assert profile[axis]["loss"][i] == pytest.approx(loss, rel=1e-4)
+    assert profile["x"]["loss"][1] != pytest.approx(profile["x"]["loss"][0], rel=1e-4)  # the move is seen
+
+    plain = configs.tiny_config()
+    cnn_state = train.create_train_state(jax.random.key(0), models.create(plain.model, **plain.model_kwargs()),
+                                         plain, steps_per_epoch=1, mean_image=state.mean_image)
+    assert visualize.translation_profile(cnn_state, faces) is None
+
+
 def test_visualize_script_writes_attention_statistics_of_the_whole_split(trained, fer2013, fer2013_dir, tmp_path):
     workdir, _, _ = trained
     exported = str(tmp_path / "exported")
     inference.export_model(*checkpoint.load(workdir), exported)
     result = subprocess.run([sys.executable, "-m", "experiments.visualize", f"--workdir={exported}",
-                             "--faces_per_class=1"],
+                             "--faces_per_class=1", "--translation_offsets=0,0.5"],
                             cwd=tmp_path, capture_output=True, text=True, env=_script_env(fer2013_dir), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     output = tmp_path / "exported_visualize"  # by default, named after the exported model
@@ -364,6 +400,19 @@ def test_visualize_script_writes_attention_statistics_of_the_whole_split(trained
     assert 0 < stats["area_scale"]["min"] <= stats["area_scale"]["mean"] <= stats["area_scale"]["max"]
     assert 0 <= stats["live_units"] <= stats["units"] == 32
     assert "live localisation units" in result.stdout and os.path.exists(output / "attention.png")
+    profile = stats["translation_profile"]  # scored at the two offsets asked for, along x and y
+    assert profile["offsets_px"] == [0.0, 0.5] and profile["faces"] == len(fer2013.val)
+    assert all(len(profile[axis][score]) == 2 for axis in "xy" for score in ("accuracy", "loss"))
+    assert profile["x"]["accuracy"][0] == profile["y"]["accuracy"][0]  # both unmoved at 0
+
+
+def test_visualize_script_rejects_bad_offsets_in_one_line(tmp_path, fer2013_dir):
+    result = subprocess.run([sys.executable, "-m", "experiments.visualize", f"--workdir={tmp_path}",
+                             "--translation_offsets=0,half"],
+                            cwd=REPO, capture_output=True, text=True, env=_script_env(fer2013_dir), timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: --translation_offsets=0,half: not a list of numbers"
+    assert "Traceback" not in result.stderr
 
 
 def test_every_config_field_is_a_typed_flag():
