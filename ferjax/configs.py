@@ -40,6 +40,7 @@ class Config:
     standardize: bool = False  # per-image standardisation after training-mean subtraction
     flip: bool = True  # random horizontal flip (the paper's augmentation)
     shift: int = 0  # random shift by up to this many pixels
+    subpixel_shift: bool = False  # shift by any fraction of a pixel, not whole pixels only (needs --shift)
     rotate: float = 0.0  # random rotation by up to this many degrees
     scale: float = 0.0  # random zoom in [1 - scale, 1 + scale]
     erase: float = 0.0  # random-erasing probability
@@ -109,6 +110,7 @@ class Config:
         check(self.convs_per_stage is None or self.convs_per_stage > 0, "convs_per_stage", "must be positive")
         check(self.hidden is None or min(self.hidden, default=1) > 0, "hidden", "must be positive")
         check(self.shift >= 0, "shift", "must be >= 0")
+        check(not self.subpixel_shift or self.shift > 0, "subpixel_shift", "needs --shift of at least 1")
         check(0 <= self.rotate <= 180, "rotate", "must be in [0, 180]")
         check(0 <= self.scale < 1, "scale", "must be in [0, 1)")
         check(0 <= self.erase <= 1, "erase", "must be a probability")

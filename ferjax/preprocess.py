@@ -105,6 +105,7 @@ class Augment:
 
     flip: bool = True  # horizontal flip with probability 1/2 (the paper's augmentation)
     shift: int = 0  # random translation by up to this many pixels (whole pixels, zero fill)
+    subpixel_shift: bool = False  # translations drawn from [-shift, shift] by any fraction of a pixel
     rotate: float = 0.0  # random rotation by up to this many degrees
     scale: float = 0.0  # random zoom by a factor in [1 - scale, 1 + scale]
     erase: float = 0.0  # probability of random erasing (a rectangle set to the mean face)
@@ -117,7 +118,10 @@ class Augment:
 def random_theta(rng: jax.Array, batch: int, size: int, aug: Augment) -> jax.Array:
     """Random affine transforms (output -> input, normalised coordinates), Bx2x3."""
     k_shift, k_rot, k_scale = jax.random.split(rng, 3)
-    shift_Bx2 = jax.random.randint(k_shift, (batch, 2), -aug.shift, aug.shift + 1).astype(jnp.float32)
+    if aug.subpixel_shift:  # bilinear sampling between pixel centres: the face comes out blurred
+        shift_Bx2 = jax.random.uniform(k_shift, (batch, 2), minval=-aug.shift, maxval=aug.shift)
+    else:
+        shift_Bx2 = jax.random.randint(k_shift, (batch, 2), -aug.shift, aug.shift + 1).astype(jnp.float32)
     angle_B = jnp.deg2rad(jax.random.uniform(k_rot, (batch,), minval=-aug.rotate, maxval=aug.rotate))
     zoom_B = jax.random.uniform(k_scale, (batch,), minval=1 - aug.scale, maxval=1 + aug.scale)
     cos_B, sin_B = jnp.cos(angle_B) / zoom_B, jnp.sin(angle_B) / zoom_B

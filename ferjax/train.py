@@ -185,7 +185,8 @@ def _hog_input(batch: dict, flipped_B: jax.Array | None) -> dict:
 
 
 def _augment_config(config: Config) -> preprocess.Augment:
-    return preprocess.Augment(config.flip, config.shift, config.rotate, config.scale, config.erase)
+    return preprocess.Augment(config.flip, config.shift, config.subpixel_shift, config.rotate, config.scale,
+                              config.erase)
 
 
 def weighted_cross_entropy(logits_BxK, labels_B, weights_B, label_smoothing: float) -> jax.Array:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ferjax import preprocess
+from ferjax import configs, preprocess
 
 
 def test_luminosity_weights():
@@ -91,6 +91,19 @@ def test_shift_moves_by_whole_pixels():
         matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
                    if np.allclose(moved[2:-2, 2:-2], face[2 + dy:46 + dy, 2 + dx:46 + dx], atol=1e-5)]
         assert len(matches) == 1
+
+
+def test_subpixel_shift_moves_by_fractions_of_a_pixel_within_the_bound():
+    aug = preprocess.Augment(flip=False, shift=2, subpixel_shift=True)
+    theta_Bx2x3 = np.asarray(preprocess.random_theta(jax.random.key(3), 256, 48, aug))
+    shift_px_Bx2 = theta_Bx2x3[:, :, 2] * 48 / 2
+    np.testing.assert_array_equal(theta_Bx2x3[:, :, :2], np.broadcast_to(np.eye(2), (256, 2, 2)))
+    assert np.abs(shift_px_Bx2).max() <= 2 and np.abs(shift_px_Bx2).max() > 1.9
+    assert np.mean(np.abs(shift_px_Bx2 - np.round(shift_px_Bx2)) > 0.05) > 0.8  # mostly between pixel centres
+    whole = preprocess.random_theta(jax.random.key(3), 256, 48, preprocess.Augment(flip=False, shift=2))
+    np.testing.assert_allclose(np.asarray(whole)[:, :, 2] * 24, np.round(np.asarray(whole)[:, :, 2] * 24), atol=1e-5)
+    with pytest.raises(configs.ConfigError, match="--subpixel_shift=True: needs --shift"):
+        configs.tiny_config(subpixel_shift=True)
 
 
 def test_rotation_and_scale_keep_the_centre_and_change_the_rest():
