@@ -6,7 +6,6 @@ warped faces it returns in aux, and gradients of its logits; no forward pass is 
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ferjax import data, plots, train
+from ferjax import data, evaluate, plots, train
 from ferjax.models.stn import LOCALIZATION_NET
 
 # Where translation_profile moves theta by default: quarter-pixel steps to one pixel either way.
@@ -126,17 +125,15 @@ def translation_profile(state: train.TrainState, split: data.Split, standardize:
         return None
     (_, aux) = _apply(state, split.images[:1], standardize, None if hog is None else hog[:1])
     height, width = aux["warped"].shape[1:3]
-    eval_step = jax.jit(functools.partial(train.eval_step, standardize=standardize))
     extra = None if hog is None else {"hog": hog}
     profile = {"faces": len(split), "offsets_px": [float(o) for o in offsets_px]}
     for axis, (name, size) in enumerate((("x", width), ("y", height))):
         accuracy, loss = [], []
         for offset in offsets_px:
             moved = state.replace(params=_with_translation(state.params, axis, 2.0 * offset / size))
-            sums = [eval_step(moved, batch) for batch in data.batches(split, batch_size, extra=extra)]
-            totals = jax.device_get(jax.tree.map(lambda *parts: sum(parts), *sums))
-            accuracy.append(float(totals["correct"] / totals["count"]))
-            loss.append(float(totals["loss_sum"] / totals["count"]))
+            probs_NxK = evaluate.predict_split(moved, split, batch_size, standardize=standardize, extra=extra)
+            accuracy.append(float(np.mean(probs_NxK.argmax(-1) == split.labels)))
+            loss.append(float(-np.mean(np.log(probs_NxK[np.arange(len(split)), split.labels]))))
         profile[name] = {"accuracy": accuracy, "loss": loss}
     return profile
 
