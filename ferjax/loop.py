@@ -32,8 +32,12 @@ class TrainingError(Exception):
     """Training cannot go on (e.g. a non-finite loss); the message says where the last good checkpoint is."""
 
 
+COMMIT_ENV = "FERJAX_COMMIT"
+
+
 def git_commit() -> str:
-    """The commit of the ferjax source tree, with '+dirty' for uncommitted changes; 'unknown' outside git."""
+    """The commit of the ferjax source tree, with '+dirty' for uncommitted changes; outside git (a tree
+    copied to another machine) $FERJAX_COMMIT, as whoever copied it names the commit, else 'unknown'."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -41,7 +45,7 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get(COMMIT_ENV, "unknown")
     return commit + ("+dirty" if dirty else "")
 
 
@@ -192,10 +196,12 @@ def _train_epoch(train_fn, state, inputs: Inputs, config: Config, epoch: int, *,
     rows = parallel.local_rows(config.batch_size)
     steps_per_epoch = data.num_batches(len(inputs.train), config.batch_size)
     logged = []
-    progress.restart_interval(int(state.step))
-    for batch in data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, epoch),
-                              extra=inputs.extras["train"]):
-        step = int(state.step)
+    # The step count on the host: reading state.step would wait for every step, and an accelerator
+    # would idle while the host prepares the next batch.
+    first_step = int(state.step)
+    progress.restart_interval(first_step)
+    for step, batch in enumerate(data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, epoch),
+                                              extra=inputs.extras["train"]), start=first_step):
         if step == 0 and jax.process_count() == 1:
             _log_images(progress.writer, state, batch, config, step)
         local = {k: v[rows] for k, v in batch.items()}

@@ -1,22 +1,70 @@
 #!/usr/bin/env bash
-# One training run on a remote accelerator machine that has this tree but not the dataset.
+# Training runs side by side on a remote accelerator machine that has this tree but not the dataset.
 #
-# Here, once:   python scripts/pack_fer2013.py pack       (writes data/fer2013.npz.xz, ~59 MiB, not committed)
-# There:        OUT=<folder that comes back> bash scripts/device_train.sh [FLAGFILE] [extra train flags...]
+# Here, once, either   tar -C "$(dirname "$FER2013_DIR")" -cJf data/fer2013.tar.xz fer2013
+#   (the Kaggle image folders, FER2013_DIR ending in fer2013: ~41 MiB, the JPEGs keep their own compression)
+# or, from the challenge CSV,   python scripts/pack_fer2013.py pack   (data/fer2013.npz.xz, ~59 MiB).
+# There:   OUT=<folder that comes back> MINUTES=5 bash scripts/device_train.sh NAME "FLAGS" [NAME "FLAGS" ...]
 #
-# Unpacks the faces to the challenge CSV, trains with --track_test (test accuracy per epoch, for the
-# time-to-accuracy curve; selection stays on val), and leaves in $OUT the run's metrics.json, history,
-# plots, TensorBoard events, log and the best model exported for `predict` (checkpoints stay behind:
-# with Adam's moments they outgrow what comes back).
+# Unpacks the faces, fits each run's epoch count to MINUTES of training (scripts/fit_epochs.py, the
+# runs measured side by side, as they then train), trains them side by side with --track_test (test
+# accuracy per epoch, for the time-to-accuracy curve; selection stays on val), and leaves in $OUT one
+# NAME.tar per run: metrics.json, history, plots, TensorBoard events, logs and the best model exported
+# for `predict` (checkpoints stay behind: with Adam's moments they outgrow what comes back).
 set -euo pipefail
-flagfile="${1:-experiments/recipes/gpu_deep.flags}"
-shift || true
 out="${OUT:?set OUT to the folder whose files come back}"
-packed="data/fer2013.npz.xz"
-[[ -f "$packed" ]] || { echo "error: $packed missing: run 'python scripts/pack_fer2013.py pack' and carry it" >&2; exit 1; }
+minutes="${MINUTES:?set MINUTES to the training time of each run}"
+(( $# >= 2 && $# % 2 == 0 )) || { echo "usage: device_train.sh NAME FLAGS [NAME FLAGS ...]" >&2; exit 1; }
+names=() specs=()
+while (( $# )); do names+=("$1"); specs+=("$2"); shift 2; done
+
 work="$(mktemp -d)"
-export PYTHONUNBUFFERED=1 FERJAX_CACHE_DIR="$work/cache" FER2013_DIR="$work/fer2013.csv"
-python3 scripts/pack_fer2013.py unpack --input="$packed" --output="$FER2013_DIR"
-python3 -m experiments.train --flagfile="$flagfile" --workdir="$work/run" --track_test "$@" 2>&1 | tee "$out/train.log"
-cp "$work/run"/metrics.json "$work/run"/history.csv "$work/run"/*.png "$work/run"/events.out.tfevents.* "$out/"
-python3 scripts/export_model.py --workdir="$work/run" --output="$out/model" 2>&1 | tee -a "$out/train.log"
+export PYTHONUNBUFFERED=1 FERJAX_CACHE_DIR="$work/cache"
+if [[ -f data/fer2013.tar.xz ]]; then
+  tar -C "$work" -xJf data/fer2013.tar.xz
+  export FER2013_DIR="$work/fer2013"
+elif [[ -f data/fer2013.npz.xz ]]; then
+  export FER2013_DIR="$work/fer2013.csv"
+  python3 scripts/pack_fer2013.py unpack --input=data/fer2013.npz.xz --output="$FER2013_DIR"
+else
+  echo "error: neither data/fer2013.tar.xz nor data/fer2013.npz.xz: make one (see the top of $0) and carry it" >&2
+  exit 1
+fi
+# Decoded once here; the runs read the cache.
+python3 -c "from ferjax import data; d = data.load(); print('FER2013:', len(d.train), len(d.val), len(d.test))"
+# The runs share the accelerator's memory.
+export XLA_PYTHON_CLIENT_MEM_FRACTION
+XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / ${#names[@]}, 3))")
+
+side_by_side() {  # side_by_side STAGE COMMAND...: COMMAND NAME FLAGS for every run at once; fails if one did
+  local stage=$1 pids=() failed=0
+  shift
+  for i in "${!names[@]}"; do
+    "$@" "${names[i]}" "${specs[i]}" > "$work/${names[i]}.$stage.log" 2>&1 & pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[i]}" || { echo "${names[i]}: $stage failed:"; tail -n 5 "$work/${names[i]}.$stage.log"; failed=1; }
+  done
+  return $failed
+}
+fit() {  # shellcheck disable=SC2086  (FLAGS are words; a failed fit leaves the others' barrier)
+  python3 scripts/fit_epochs.py $2 --minutes="$minutes" --track_test --barrier="$work/barrier" \
+    --side_by_side=${#names[@]} || { mkdir -p "$work/barrier" && touch "$work/barrier/failed.$1" && return 1; }
+}
+run() {  # shellcheck disable=SC2086  (a run whose fit failed fails too)
+  local epochs
+  epochs=$(grep -xE -- "--epochs=[0-9]+" "$work/$1.fit.log") &&
+    python3 -m experiments.train $2 "$epochs" --workdir="$work/$1" --track_test &&
+    python3 scripts/export_model.py --workdir="$work/$1" --output="$work/$1/model" --max_mb=15
+}
+
+status=0
+side_by_side fit fit || status=1
+grep -h "epochs fit" "$work"/*.fit.log || true
+side_by_side train run || status=1
+for name in "${names[@]}"; do
+  grep -h "best checkpoint" "$work/$name.train.log" | sed "s/^/$name: /" || true
+  mkdir -p "$work/$name" && cp "$work/$name".*.log "$work/$name/"
+  tar -C "$work/$name" -cf "$out/$name.tar" --exclude=checkpoints .
+done
+exit $status

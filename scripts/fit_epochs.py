@@ -1,0 +1,121 @@
+"""The epoch count that fits a training-time budget on this machine, measured.
+
+python scripts/fit_epochs.py --flagfile=experiments/recipes/gpu_deep.flags --minutes=6 [--track_test] [train flags]
+
+Builds the run that the train flags describe (model, augmentation, teachers), runs its jitted train
+step on a training batch for --seconds after compilation, times one validation pass (two with
+--track_test) and one checkpoint save, and prints the most epochs whose training, evaluation and
+checkpoints fit --minutes, as `--epochs=N`: the run's command then names its epoch count, and the
+schedule is set for it. Runs that will share a device are measured side by side: start their fits
+together with one --barrier folder and --side_by_side=N, and each times its steps only once all N have compiled.
+"""
+
+import functools
+import math
+import os
+import sys
+import tempfile
+import time
+
+import jax
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, start  # noqa: E402
+from ferjax import checkpoint, data, evaluate, loop, models, preprocess, train  # noqa: E402
+from ferjax.configs import ConfigError  # noqa: E402
+
+define_config_flags()
+define_data_dir_flag()
+flags.DEFINE_float("minutes", None, "training time to fill, without data loading and compilation", required=True)
+flags.DEFINE_float("seconds", 10.0, "how long the train step is timed, after compilation")
+flags.DEFINE_string("barrier", None, "a folder shared by fits run side by side (see --side_by_side)")
+flags.DEFINE_integer("side_by_side", 1, "with --barrier: the fits that time their steps together")
+flags.DEFINE_integer("max_epochs", 400, "the most epochs to print")
+flags.DEFINE_bool("track_test", False, "the run evaluates the test split after every epoch too")
+FLAGS = flags.FLAGS
+
+
+def fit_epochs(budget_s: float, step_s: float, steps_per_epoch: int, epoch_overhead_s: float, max_epochs: int) -> int:
+    """The most epochs (at least 1, at most max_epochs) whose steps and per-epoch overhead fit budget_s."""
+    return max(1, min(max_epochs, math.floor(budget_s / (step_s * steps_per_epoch + epoch_overhead_s))))
+
+
+def _timed(fn) -> float:
+    """Seconds of one call of fn (which waits for its result), after an untimed call."""
+    fn()
+    start_time = time.perf_counter()
+    fn()
+    return time.perf_counter() - start_time
+
+
+def _wait_for_all(folder: str, count: int, timeout_s: float = 120.0) -> None:
+    """Marks this process ready in `folder` and waits until `count` processes are (or timeout_s has
+    passed: a fit that failed must not hold the others)."""
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, f"ready.{os.getpid()}"), "w").close()
+    deadline = time.time() + timeout_s
+    while len(os.listdir(folder)) < count:
+        if time.time() > deadline:
+            print(f"warning: {len(os.listdir(folder))} of --side_by_side={count} fits ready after {timeout_s:.0f} s; "
+                  "timing without the others", file=sys.stderr)
+            return
+        time.sleep(0.05)
+
+
+def main(argv):
+    start(argv)
+    for flag in ("minutes", "seconds", "max_epochs", "side_by_side"):
+        if getattr(FLAGS, flag) <= 0:
+            print(f"error: --{flag}={getattr(FLAGS, flag)}: must be positive", file=sys.stderr)
+            return 1
+    try:
+        config = config_from_flags().validate()
+        model = models.create(config.model, **config.model_kwargs())
+        inputs = loop.prepare_inputs(config, data.load(FLAGS.data_dir), model.needs_hog)
+        teachers, _ = loop.load_teachers(config)
+    except (ConfigError, data.DataError, checkpoint.CheckpointError, flags.ValidationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    steps_per_epoch = data.num_batches(len(inputs.train), config.batch_size)
+    state = train.create_train_state(
+        jax.random.key(config.seed), model, config, mean_image=preprocess.training_mean(inputs.train.images),
+        steps_per_epoch=steps_per_epoch, weights=train.class_weights(inputs.train.labels, config.class_weighting),
+        hog_dim=inputs.hog_dim)
+    train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+    batch = next(data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, 0),
+                              extra=inputs.extras["train"]))
+    holder = {"state": state}
+
+    def train_steps(count: int) -> None:
+        for i in range(count):
+            holder["state"], metrics = train_fn(holder["state"], dict(batch), jax.random.key(i), teachers)
+        jax.block_until_ready(metrics)
+
+    train_steps(2)  # compilation
+    if FLAGS.barrier:
+        _wait_for_all(FLAGS.barrier, FLAGS.side_by_side)
+    steps, start_time = 0, time.perf_counter()
+    while time.perf_counter() - start_time < FLAGS.seconds:
+        train_steps(10)
+        steps += 10
+    step_s = (time.perf_counter() - start_time) / steps
+    evaluated = train.evaluation_state(holder["state"])
+    eval_s = _timed(lambda: evaluate.predict_split(evaluated, inputs.val, config.eval_batch_size,
+                                                   standardize=config.standardize, extra=inputs.extras["val"]))
+    with tempfile.TemporaryDirectory() as tmp, checkpoint.manager(tmp) as manager:
+        saves = iter((1, 2))
+        save_s = _timed(lambda: checkpoint.save(manager, next(saves), holder["state"], {"config": {}}))
+    # Per epoch: val (and test) evaluation, the latest checkpoint, and at worst a new best one.
+    overhead_s = eval_s * (2 if FLAGS.track_test else 1) + 2 * save_s
+    epochs = fit_epochs(FLAGS.minutes * 60, step_s, steps_per_epoch, overhead_s, FLAGS.max_epochs)
+    print(f"{config.model}: {step_s * 1e3:.1f} ms per step of {config.batch_size} "
+          f"({config.batch_size / step_s:.0f} img/s), {steps_per_epoch} steps per epoch, {overhead_s:.1f} s of "
+          f"evaluation and checkpoints per epoch: {epochs} epochs fit {FLAGS.minutes:g} min", file=sys.stderr)
+    print(f"--epochs={epochs}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,53 @@
+"""scripts/fit_epochs.py: the epoch count that fits a time budget, and where a copied tree's commit comes from."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ferjax import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("fit_epochs", os.path.join(REPO, "scripts", "fit_epochs.py"))
+fit_epochs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fit_epochs)
+
+
+def test_epochs_fill_the_budget_with_steps_and_per_epoch_overhead():
+    # An epoch: 10 steps of 0.1 s and 1 s of evaluation and checkpoints, so 2 s; 101 s holds 50 of them.
+    assert fit_epochs.fit_epochs(101.0, 0.1, 10, 1.0, max_epochs=400) == 50
+    assert fit_epochs.fit_epochs(101.0, 0.1, 10, 1.0, max_epochs=30) == 30
+    assert fit_epochs.fit_epochs(1.0, 0.1, 10, 1.0, max_epochs=400) == 1  # always at least one epoch
+
+
+def test_fit_measures_a_run_and_prints_its_epoch_count(tmp_path, fer2013_dir):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "fit_epochs.py"), "--model=_tiny_cnn", "--batch_size=16",
+         "--limit_train=64", "--limit_eval=32", "--minutes=0.05", "--seconds=0.5", f"--data_dir={fer2013_dir}",
+         f"--barrier={tmp_path / 'barrier'}", "--side_by_side=1"],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    epochs = int(result.stdout.strip().removeprefix("--epochs="))
+    assert 1 <= epochs <= 400
+    assert f"{epochs} epochs fit 0.05 min" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--minutes=0", "--minutes=1 --seconds=-1", "--minutes=1 --side_by_side=0"])
+def test_fit_rejects_bad_values_in_one_line(flag):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "fit_epochs.py"), *flag.split()],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and flag.split()[-1].split("=")[0] in result.stderr
+
+
+def test_a_tree_outside_git_takes_its_commit_from_the_environment(monkeypatch):
+    def no_git(*args, **kwargs):
+        raise OSError("git: not found")
+
+    monkeypatch.setattr(loop.subprocess, "run", no_git)
+    monkeypatch.delenv(loop.COMMIT_ENV, raising=False)
+    assert loop.git_commit() == "unknown"
+    monkeypatch.setenv(loop.COMMIT_ENV, "3abf9ad")
+    assert loop.git_commit() == "3abf9ad"
