@@ -19,6 +19,9 @@ flags.DEFINE_bool("resume", False, "continue from the latest checkpoint in --wor
 flags.DEFINE_integer("log_every_steps", 50, "console and TensorBoard logging interval, in steps")
 flags.DEFINE_bool("track_test", False, "also evaluate the test split after every epoch, for time-to-accuracy curves "
                   "(history only: checkpoints are selected on val)")
+flags.DEFINE_float("time_limit_minutes", None, "end training before an epoch that would end past this many minutes "
+                   "from the start (the best checkpoint so far is evaluated and reported; metrics.json says where "
+                   "it stopped)")
 flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0 (else auto-detected)")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
@@ -29,11 +32,14 @@ def main(argv):
     start(argv)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
+        if FLAGS.time_limit_minutes is not None and FLAGS.time_limit_minutes <= 0:
+            raise flags.ValidationError(f"--time_limit_minutes={FLAGS.time_limit_minutes}: must be positive")
         config = config_from_flags().validate()
         workdir = FLAGS.workdir or f"runs/{config.model}"
         loop.train_and_evaluate(config, workdir, data_dir=FLAGS.data_dir, resume=FLAGS.resume,
                                 command=" ".join(["python -m experiments.train"] + sys.argv[1:]),
-                                log_every_steps=FLAGS.log_every_steps, track_test=FLAGS.track_test)
+                                log_every_steps=FLAGS.log_every_steps, track_test=FLAGS.track_test,
+                                time_limit_s=FLAGS.time_limit_minutes and FLAGS.time_limit_minutes * 60)
     except (ConfigError, data.DataError, checkpoint.CheckpointError, loop.TrainingError, flags.ValidationError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

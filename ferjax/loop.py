@@ -240,14 +240,17 @@ def _evaluate_best(eval_fns: dict, state, inputs: Inputs, config: Config, splits
 def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | None = None,
                        data_dir: str | None = None, resume: bool = False, command: str | None = None,
                        log_every_steps: int = 50, final_splits: tuple[str, ...] = ("val", "test"),
-                       track_test: bool = False) -> dict:
+                       track_test: bool = False, time_limit_s: float | None = None) -> dict:
     """Trains `config` in `workdir` and returns the final metrics (also written to metrics.json).
 
     Runs data-parallel over every device of every process (`ferjax.parallel`). The best
     checkpoint by validation accuracy is evaluated on `final_splits` at the end
     (cross-validation folds pass ("val",): their test split is never looked at).
     track_test=True also records test accuracy after every epoch in the history, for
-    time-to-accuracy curves; nothing is selected on it.
+    time-to-accuracy curves; nothing is selected on it. time_limit_s (wall-clock seconds from the
+    start of this call) ends training before an epoch that would end past it, as long as the last
+    one took; the best checkpoint so far is then evaluated and reported as usual, and metrics.json
+    records the epoch training stopped after.
 
     Raises:
       ConfigError: a bad value, e.g. a batch larger than the training set.
@@ -308,6 +311,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
             writer.text("config", "\n".join(f"    {k} = {v}" for k, v in dataclasses.asdict(config).items()), 0)
         progress = _Progress(config.epochs * steps_per_epoch, config.batch_size, writer, first_step=int(state.step))
         best_val = max([h["val_accuracy"] for h in history], default=-1.0)
+        stopped_after = None
         log.info("%s: %d params, %d train / %d val / %d test faces, %d steps per epoch, on %s", config.model, params,
                  len(inputs.train), len(inputs.val), len(inputs.test), steps_per_epoch, device_description())
         for epoch in range(int(state.step) // steps_per_epoch, config.epochs):
@@ -339,6 +343,12 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
             log.info("epoch %d/%d done in %.0f s: val loss %.4f val acc %.4f (best %.4f)", epoch + 1, config.epochs,
                      epoch_seconds, val["loss"], val["accuracy"], best_val)
             writer.flush()
+            if (time_limit_s is not None and epoch + 1 < config.epochs
+                    and time.time() - start_time + epoch_seconds > time_limit_s):
+                stopped_after = epoch + 1
+                log.warning("stopping after epoch %d of %d: another would pass the time limit of %.1f min",
+                            stopped_after, config.epochs, time_limit_s / 60)
+                break
 
         # The best checkpoint, restored into the live (sharded) state.
         best_step = best.latest_step()
@@ -350,6 +360,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         "params": params,
         "epochs": config.epochs,
         "best_epoch": best_epoch,
+        **({"stopped_after_epoch": stopped_after} if stopped_after else {}),
         **{f"{k}_accuracy": results[k]["accuracy"] for k in final_splits},
         **{f"{k}_accuracy_{tta}_tta": results[f"{k}_{tta}"]["accuracy"] for k in final_splits
            for tta in ("flip", "tencrop") if f"{k}_{tta}" in results},

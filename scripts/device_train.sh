@@ -4,16 +4,22 @@
 # Here, once, either   tar -C "$(dirname "$FER2013_DIR")" -cJf data/fer2013.tar.xz fer2013
 #   (the Kaggle image folders, FER2013_DIR ending in fer2013: ~41 MiB, the JPEGs keep their own compression)
 # or, from the challenge CSV,   python scripts/pack_fer2013.py pack   (data/fer2013.npz.xz, ~59 MiB).
-# There:   OUT=<folder that comes back> MINUTES=5 bash scripts/device_train.sh NAME "FLAGS" [NAME "FLAGS" ...]
+# There:   OUT=<folder that comes back> DEADLINE=<Unix time> bash scripts/device_train.sh NAME "FLAGS" [NAME "FLAGS" ...]
 #
-# Unpacks the faces, fits each run's epoch count to MINUTES of training (scripts/fit_epochs.py, the
-# runs measured side by side, as they then train), trains them side by side with --track_test (test
-# accuracy per epoch, for the time-to-accuracy curve; selection stays on val), and leaves in $OUT one
-# NAME.tar per run: metrics.json, history, plots, TensorBoard events, logs and the best model exported
-# for `predict` (checkpoints stay behind: with Adam's moments they outgrow what comes back).
+# Everything is in $OUT by DEADLINE (say the machine's command limit from now, less a minute): training
+# ends RESERVE_S seconds (default 150) before it, which the final evaluation, the exports and packing
+# take. Unpacks the faces, fits each run's epoch count to the time left (scripts/fit_epochs.py --until,
+# the runs measured side by side, as they then train), trains them side by side with --track_test (test
+# accuracy per epoch, for the time-to-accuracy curve; selection stays on val) and --time_limit_minutes
+# (a run slower than its fit stops early and still reports), and leaves in $OUT one NAME.tar per run:
+# metrics.json, history, plots, TensorBoard events, logs and the best model exported for `predict`
+# (checkpoints stay behind: with Adam's moments they outgrow what comes back). Every minute each run's
+# latest progress line goes to the console.
 set -euo pipefail
 out="${OUT:?set OUT to the folder whose files come back}"
-minutes="${MINUTES:?set MINUTES to the training time of each run}"
+deadline="${DEADLINE:?set DEADLINE to the Unix time by which the results must be in \$OUT}"
+stop=$(( deadline - ${RESERVE_S:-150} ))
+(( stop > $(date +%s) )) || { echo "error: DEADLINE=$deadline leaves no time to train" >&2; exit 1; }
 (( $# >= 2 && $# % 2 == 0 )) || { echo "usage: device_train.sh NAME FLAGS [NAME FLAGS ...]" >&2; exit 1; }
 names=() specs=()
 while (( $# )); do names+=("$1"); specs+=("$2"); shift 2; done
@@ -48,20 +54,28 @@ side_by_side() {  # side_by_side STAGE COMMAND...: COMMAND NAME FLAGS for every 
   return $failed
 }
 fit() {  # shellcheck disable=SC2086  (FLAGS are words; a failed fit leaves the others' barrier)
-  python3 scripts/fit_epochs.py $2 --minutes="$minutes" --track_test --barrier="$work/barrier" \
+  python3 scripts/fit_epochs.py $2 --until="$stop" --track_test --barrier="$work/barrier" \
     --side_by_side=${#names[@]} || { mkdir -p "$work/barrier" && touch "$work/barrier/failed.$1" && return 1; }
 }
 run() {  # shellcheck disable=SC2086  (a run whose fit failed fails too)
   local epochs
   epochs=$(grep -xE -- "--epochs=[0-9]+" "$work/$1.fit.log") &&
-    python3 -m experiments.train $2 "$epochs" --workdir="$work/$1" --track_test &&
+    python3 -m experiments.train $2 "$epochs" --workdir="$work/$1" --track_test \
+      --time_limit_minutes="$(python3 -c "print(max(($stop - $(date +%s)) / 60, 0.1))")" &&
     python3 scripts/export_model.py --workdir="$work/$1" --output="$work/$1/model" --max_mb=15
 }
 
 status=0
 side_by_side fit fit || status=1
 grep -h "epochs fit" "$work"/*.fit.log || true
+while sleep 60; do
+  for name in "${names[@]}"; do
+    grep -h "img/s\| done in " "$work/$name.train.log" 2>/dev/null | tail -n 1 | sed "s/^/$name: /"
+  done
+done &
+monitor=$!
 side_by_side train run || status=1
+kill "$monitor"
 for name in "${names[@]}"; do
   grep -h "best checkpoint" "$work/$name.train.log" | sed "s/^/$name: /" || true
   mkdir -p "$work/$name" && cp "$work/$name".*.log "$work/$name/"

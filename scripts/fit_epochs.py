@@ -1,13 +1,16 @@
 """The epoch count that fits a training-time budget on this machine, measured.
 
 python scripts/fit_epochs.py --flagfile=experiments/recipes/gpu_deep.flags --minutes=6 [--track_test] [train flags]
+python scripts/fit_epochs.py ... --until=UNIX_TIME     # a run started right after must have trained by then
 
 Builds the run that the train flags describe (model, augmentation, teachers), runs its jitted train
 step on a training batch for --seconds after compilation, times one validation pass (two with
 --track_test) and one checkpoint save, and prints the most epochs whose training, evaluation and
 checkpoints fit --minutes, as `--epochs=N`: the run's command then names its epoch count, and the
-schedule is set for it. Runs that will share a device are measured side by side: start their fits
-together with one --barrier folder and --side_by_side=N, and each times its steps only once all N have compiled.
+schedule is set for it. With --until, the time left once the fit is done, less the start-up and
+compilation it measured (the run repeats them), is the budget. Runs that will share a device are
+measured side by side: start their fits together with one --barrier folder and --side_by_side=N, and
+each times its steps only once all N have compiled.
 """
 
 import functools
@@ -17,8 +20,10 @@ import sys
 import tempfile
 import time
 
-import jax
-from absl import app, flags
+_STARTED = time.time()  # before JAX's import: a run's start-up includes it
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,7 +33,9 @@ from ferjax.configs import ConfigError  # noqa: E402
 
 define_config_flags()
 define_data_dir_flag()
-flags.DEFINE_float("minutes", None, "training time to fill, without data loading and compilation", required=True)
+flags.DEFINE_float("minutes", None, "training time to fill, without data loading and compilation")
+flags.DEFINE_float("until", None, "instead of --minutes: the Unix time by which a run started after this fit must "
+                   "have trained")
 flags.DEFINE_float("seconds", 10.0, "how long the train step is timed, after compilation")
 flags.DEFINE_string("barrier", None, "a folder shared by fits run side by side (see --side_by_side)")
 flags.DEFINE_integer("side_by_side", 1, "with --barrier: the fits that time their steps together")
@@ -66,10 +73,16 @@ def _wait_for_all(folder: str, count: int, timeout_s: float = 120.0) -> None:
 
 def main(argv):
     start(argv)
+    if (FLAGS.minutes is None) == (FLAGS.until is None):
+        print("error: --minutes, --until: give exactly one", file=sys.stderr)
+        return 1
     for flag in ("minutes", "seconds", "max_epochs", "side_by_side"):
-        if getattr(FLAGS, flag) <= 0:
+        if getattr(FLAGS, flag) is not None and getattr(FLAGS, flag) <= 0:
             print(f"error: --{flag}={getattr(FLAGS, flag)}: must be positive", file=sys.stderr)
             return 1
+    if FLAGS.until is not None and FLAGS.until <= time.time():
+        print(f"error: --until={FLAGS.until:.0f}: already past (now {time.time():.0f})", file=sys.stderr)
+        return 1
     try:
         config = config_from_flags().validate()
         model = models.create(config.model, **config.model_kwargs())
@@ -94,6 +107,7 @@ def main(argv):
         jax.block_until_ready(metrics)
 
     train_steps(2)  # compilation
+    startup_s = time.time() - _STARTED
     if FLAGS.barrier:
         _wait_for_all(FLAGS.barrier, FLAGS.side_by_side)
     steps, start_time = 0, time.perf_counter()
@@ -109,10 +123,12 @@ def main(argv):
         save_s = _timed(lambda: checkpoint.save(manager, next(saves), holder["state"], {"config": {}}))
     # Per epoch: val (and test) evaluation, the latest checkpoint, and at worst a new best one.
     overhead_s = eval_s * (2 if FLAGS.track_test else 1) + 2 * save_s
-    epochs = fit_epochs(FLAGS.minutes * 60, step_s, steps_per_epoch, overhead_s, FLAGS.max_epochs)
+    budget_s = FLAGS.minutes * 60 if FLAGS.minutes else FLAGS.until - time.time() - startup_s
+    epochs = fit_epochs(budget_s, step_s, steps_per_epoch, overhead_s, FLAGS.max_epochs)
     print(f"{config.model}: {step_s * 1e3:.1f} ms per step of {config.batch_size} "
           f"({config.batch_size / step_s:.0f} img/s), {steps_per_epoch} steps per epoch, {overhead_s:.1f} s of "
-          f"evaluation and checkpoints per epoch: {epochs} epochs fit {FLAGS.minutes:g} min", file=sys.stderr)
+          f"evaluation and checkpoints per epoch, {startup_s:.0f} s of start-up and compilation: {epochs} epochs "
+          f"fit {budget_s / 60:.2f} min", file=sys.stderr)
     print(f"--epochs={epochs}")
     return 0
 

@@ -27,7 +27,9 @@ def row(m: dict) -> str:
     wall = f"{hours:.2f} h" if hours >= 1 else f"{m['wall_time_s'] / 60:.0f} min"
     # Ten-crop TTA is evaluated for models trained on crops (--crop) only.
     tencrop = f"{100 * m['test_accuracy_tencrop_tta']:.2f}" if "test_accuracy_tencrop_tta" in m else "-"
-    return (f"| `{m['model']}` | {m['params']:,} | {m['best_epoch']}/{m['epochs']} | {m['device']} | {wall} | "
+    # A run cut short by --time_limit_minutes: the epochs it ran, of those its schedule was set for.
+    ran = f" (stopped after {m['stopped_after_epoch']})" if "stopped_after_epoch" in m else ""
+    return (f"| `{m['model']}` | {m['params']:,} | {m['best_epoch']}/{m['epochs']}{ran} | {m['device']} | {wall} | "
             f"{100 * m['val_accuracy']:.2f} | {100 * m['test_accuracy']:.2f} | "
             f"{100 * m['test_accuracy_flip_tta']:.2f} | {tencrop} | `{m['command']}` | {m['commit']} |")
 

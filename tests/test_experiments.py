@@ -91,6 +91,18 @@ def test_resume_names_the_flags_that_change_the_state_layout(trained, small_fer2
         loop.train_and_evaluate(averaged, str(tmp_path / "run"), dataset=small_fer2013, resume=True)
 
 
+def test_time_limit_stops_between_epochs_and_reports_the_best_so_far(small_fer2013, tmp_path):
+    config = configs.tiny_config(epochs=5)
+    metrics = loop.train_and_evaluate(config, str(tmp_path), dataset=small_fer2013, time_limit_s=1e-3)
+    # Past the limit after the first epoch: no second one starts, and the run still reports in full.
+    assert metrics["stopped_after_epoch"] == 1 and len(metrics["history"]) == 1 and metrics["epochs"] == 5
+    with open(tmp_path / "metrics.json") as f:
+        assert json.load(f)["test_accuracy"] == metrics["test_accuracy"]
+    unlimited = loop.train_and_evaluate(configs.tiny_config(epochs=2), str(tmp_path / "free"), dataset=small_fer2013,
+                                        time_limit_s=3600)
+    assert "stopped_after_epoch" not in unlimited and len(unlimited["history"]) == 2
+
+
 def test_resumed_weight_average_matches_an_uninterrupted_run(small_fer2013, tmp_path):
     """The average is part of the saved state, so stopping after epoch 1 and resuming changes nothing."""
     two_epochs = configs.tiny_config(ema=0.9, epochs=2, batch_size=32)
@@ -285,6 +297,7 @@ def test_kfold_search_and_resumability(small_fer2013, tmp_path):
     (["--model=stn", "--learning_rate=-1"], "--learning_rate=-1.0: must be positive"),
     (["--model=stn", "--limit_train=20", "--batch_size=64"], "--batch_size=64: larger than the 20 training faces"),
     (["--model=stn", "--data_dir=/no/such/dir"], "FER2013 not found at /no/such/dir"),
+    (["--model=stn", "--time_limit_minutes=0"], "--time_limit_minutes=0.0: must be positive"),
 ])
 def test_train_script_rejects_bad_input_in_one_line(args, message, tmp_path, fer2013_dir):
     result = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={tmp_path}", *args],

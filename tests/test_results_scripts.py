@@ -62,6 +62,12 @@ def test_runs_table_has_one_row_per_metrics_file(tmp_path, capsys):
     assert len(rows) == 2 and "`python -m experiments.train --seed=1`" in rows[1]
 
 
+def test_a_run_stopped_by_its_time_limit_says_so_in_its_row():
+    stopped = {**_metrics(0, 0.6), "stopped_after_epoch": 3}
+    assert "| 3/4 (stopped after 3) |" in results_table.row(stopped)
+    assert "| 3/4 |" in results_table.row(_metrics(0, 0.6))
+
+
 def test_unreadable_or_foreign_metrics_file_is_one_line_error(tmp_path, capsys):
     broken = tmp_path / "broken.json"
     broken.write_text("{")
