@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import functools
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -112,6 +113,12 @@ def load_teachers(config: Config) -> tuple[tuple[train.TrainState, ...], list[di
         records.append({"path": path, "fingerprint": inference.weights_fingerprint(teacher),
                         "commit": meta.get("commit"), "command": meta.get("command")})
     return tuple(teachers), records
+
+
+def epochs_that_fit(budget_s: float, step_s: float, steps_per_epoch: int, epoch_overhead_s: float,
+                    max_epochs: int) -> int:
+    """The most epochs (at least 1, at most max_epochs) whose steps and per-epoch overhead fit budget_s."""
+    return max(1, min(max_epochs, math.floor(budget_s / (step_s * steps_per_epoch + epoch_overhead_s))))
 
 
 def _read_history(path: str) -> list[dict]:

@@ -14,7 +14,6 @@ each times its steps only once all N have compiled.
 """
 
 import functools
-import math
 import os
 import sys
 import tempfile
@@ -42,11 +41,6 @@ flags.DEFINE_integer("side_by_side", 1, "with --barrier: the fits that time thei
 flags.DEFINE_integer("max_epochs", 400, "the most epochs to print")
 flags.DEFINE_bool("track_test", False, "the run evaluates the test split after every epoch too")
 FLAGS = flags.FLAGS
-
-
-def fit_epochs(budget_s: float, step_s: float, steps_per_epoch: int, epoch_overhead_s: float, max_epochs: int) -> int:
-    """The most epochs (at least 1, at most max_epochs) whose steps and per-epoch overhead fit budget_s."""
-    return max(1, min(max_epochs, math.floor(budget_s / (step_s * steps_per_epoch + epoch_overhead_s))))
 
 
 def _timed(fn) -> float:
@@ -124,7 +118,7 @@ def main(argv):
     # Per epoch: val (and test) evaluation, the latest checkpoint, and at worst a new best one.
     overhead_s = eval_s * (2 if FLAGS.track_test else 1) + 2 * save_s
     budget_s = FLAGS.minutes * 60 if FLAGS.minutes else FLAGS.until - time.time() - startup_s
-    epochs = fit_epochs(budget_s, step_s, steps_per_epoch, overhead_s, FLAGS.max_epochs)
+    epochs = loop.epochs_that_fit(budget_s, step_s, steps_per_epoch, overhead_s, FLAGS.max_epochs)
     print(f"{config.model}: {step_s * 1e3:.1f} ms per step of {config.batch_size} "
           f"({config.batch_size / step_s:.0f} img/s), {steps_per_epoch} steps per epoch, {overhead_s:.1f} s of "
           f"evaluation and checkpoints per epoch, {startup_s:.0f} s of start-up and compilation: {epochs} epochs "

@@ -1,6 +1,6 @@
-"""scripts/fit_epochs.py: the epoch count that fits a time budget, and where a copied tree's commit comes from."""
+"""The epoch count that fits a time budget (scripts/fit_epochs.py, run as a subprocess: its flags are global),
+and where a copied tree's commit comes from."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -12,16 +12,13 @@ import pytest
 from ferjax import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("fit_epochs", os.path.join(REPO, "scripts", "fit_epochs.py"))
-fit_epochs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fit_epochs)
 
 
 def test_epochs_fill_the_budget_with_steps_and_per_epoch_overhead():
     # An epoch: 10 steps of 0.1 s and 1 s of evaluation and checkpoints, so 2 s; 101 s holds 50 of them.
-    assert fit_epochs.fit_epochs(101.0, 0.1, 10, 1.0, max_epochs=400) == 50
-    assert fit_epochs.fit_epochs(101.0, 0.1, 10, 1.0, max_epochs=30) == 30
-    assert fit_epochs.fit_epochs(1.0, 0.1, 10, 1.0, max_epochs=400) == 1  # always at least one epoch
+    assert loop.epochs_that_fit(101.0, 0.1, 10, 1.0, max_epochs=400) == 50
+    assert loop.epochs_that_fit(101.0, 0.1, 10, 1.0, max_epochs=30) == 30
+    assert loop.epochs_that_fit(1.0, 0.1, 10, 1.0, max_epochs=400) == 1  # always at least one epoch
 
 
 def test_fit_measures_a_run_and_prints_its_epoch_count(tmp_path, fer2013_dir):
