@@ -21,32 +21,22 @@ def test_epochs_fill_the_budget_with_steps_and_per_epoch_overhead():
     assert loop.epochs_that_fit(1.0, 0.1, 10, 1.0, max_epochs=400) == 1  # always at least one epoch
 
 
-def test_fit_measures_a_run_and_prints_its_epoch_count(tmp_path, fer2013_dir):
+def test_fit_measures_a_run_and_takes_off_the_start_up_it_measured(tmp_path, fer2013_dir):
+    until = time.time() + 120
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "fit_epochs.py"), "--model=_tiny_cnn", "--batch_size=16",
-         "--limit_train=64", "--limit_eval=32", "--minutes=0.05", "--seconds=0.5", f"--data_dir={fer2013_dir}",
+         "--limit_train=64", "--limit_eval=32", f"--until={until}", "--seconds=0.5", f"--data_dir={fer2013_dir}",
          f"--barrier={tmp_path / 'barrier'}", "--side_by_side=1"],
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
     epochs = int(result.stdout.strip().removeprefix("--epochs="))
-    assert 1 <= epochs <= 400
-    assert f"{epochs} epochs fit 0.05 min" in result.stderr
-
-
-def test_fit_until_a_time_takes_off_the_start_up_it_measured(tmp_path, fer2013_dir):
-    until = time.time() + 120
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "fit_epochs.py"), "--model=_tiny_cnn", "--batch_size=16",
-         "--limit_train=64", "--limit_eval=32", f"--until={until}", "--seconds=0.5", f"--data_dir={fer2013_dir}"],
-        capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert result.returncode == 0, result.stderr
+    assert 1 <= epochs <= 400 and f"{epochs} epochs fit" in result.stderr
     startup_s = float(re.search(r"([\d.]+) s of start-up", result.stderr).group(1))
     budget_min = float(re.search(r"fit ([\d.]+) min", result.stderr).group(1))
     assert startup_s > 0 and budget_min * 60 < until - time.time() - startup_s + 1
 
 
-@pytest.mark.parametrize("flag", ["--minutes=0", "--minutes=1 --seconds=-1", "--minutes=1 --side_by_side=0",
-                                  "--until=1", "--minutes=1 --until=1"])
+@pytest.mark.parametrize("flag", ["--minutes=0", "--minutes=1 --side_by_side=0", "--minutes=1 --until=1"])
 def test_fit_rejects_bad_values_in_one_line(flag):
     result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "fit_epochs.py"), *flag.split()],
                             capture_output=True, text=True, timeout=120, cwd=REPO)
