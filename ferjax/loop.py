@@ -86,6 +86,15 @@ def prepare_inputs(config: Config, dataset: data.FER2013, needs_hog: bool) -> In
     return Inputs(**splits, extras=extras, hog_dim=hog_dim)
 
 
+def initial_state(key: jax.Array, model, config: Config, inputs: Inputs) -> train.TrainState:
+    """The state a run on `inputs` starts from: fresh weights, and the training mean face, class weights,
+    HOG width and schedule length that the training split sets."""
+    return train.create_train_state(
+        key, model, config, mean_image=preprocess.training_mean(inputs.train.images),
+        steps_per_epoch=data.num_batches(len(inputs.train), config.batch_size),
+        weights=train.class_weights(inputs.train.labels, config.class_weighting), hog_dim=inputs.hog_dim)
+
+
 def load_teachers(config: Config) -> tuple[tuple[train.TrainState, ...], list[dict]]:
     """The --distill_from models as evaluation states, without their optimizer state, and what identifies each:
     its path, the fingerprint of its weights, and the commit and command that trained it.
@@ -280,10 +289,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     teachers = parallel.replicate(teachers, mesh)
 
     init_key, loop_key = jax.random.split(jax.random.key(config.seed))
-    state = parallel.replicate(train.create_train_state(
-        init_key, model, config, mean_image=preprocess.training_mean(inputs.train.images),
-        steps_per_epoch=steps_per_epoch, weights=train.class_weights(inputs.train.labels, config.class_weighting),
-        hog_dim=inputs.hog_dim), mesh)
+    state = parallel.replicate(initial_state(init_key, model, config, inputs), mesh)
     params = int(sum(p.size for p in jax.tree.leaves(state.params)))
     meta = {
         "config": dataclasses.asdict(config),

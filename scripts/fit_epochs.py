@@ -27,7 +27,7 @@ from absl import app, flags  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, start  # noqa: E402
-from ferjax import checkpoint, data, evaluate, loop, models, preprocess, train  # noqa: E402
+from ferjax import checkpoint, data, evaluate, loop, models, train  # noqa: E402
 from ferjax.configs import ConfigError  # noqa: E402
 
 define_config_flags()
@@ -86,10 +86,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 1
     steps_per_epoch = data.num_batches(len(inputs.train), config.batch_size)
-    state = train.create_train_state(
-        jax.random.key(config.seed), model, config, mean_image=preprocess.training_mean(inputs.train.images),
-        steps_per_epoch=steps_per_epoch, weights=train.class_weights(inputs.train.labels, config.class_weighting),
-        hog_dim=inputs.hog_dim)
+    state = loop.initial_state(jax.random.key(config.seed), model, config, inputs)
     train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
     batch = next(data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, 0),
                               extra=inputs.extras["train"]))
