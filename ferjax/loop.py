@@ -86,6 +86,15 @@ def prepare_inputs(config: Config, dataset: data.FER2013, needs_hog: bool) -> In
     return Inputs(**splits, extras=extras, hog_dim=hog_dim)
 
 
+def data_mesh(config: Config):
+    """The mesh over every device that batches are split across; raises ConfigError where they cannot be."""
+    mesh = parallel.data_mesh()
+    for flag in ("batch_size", "eval_batch_size"):
+        if getattr(config, flag) % mesh.size:
+            raise ConfigError(f"--{flag}={getattr(config, flag)}: must be divisible by the {mesh.size} devices")
+    return mesh
+
+
 def initial_state(key: jax.Array, model, config: Config, inputs: Inputs) -> train.TrainState:
     """The state a run on `inputs` starts from: fresh weights, and the training mean face, class weights,
     HOG width and schedule length that the training split sets."""
@@ -151,7 +160,7 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _evaluate_totals(eval_fn, state, split: data.Split, batch_size: int, extra, mesh) -> dict:
+def evaluate_totals(eval_fn, state, split: data.Split, batch_size: int, extra, mesh) -> dict:
     """Loss, accuracy and confusion matrix over every face of `split` once, summed across devices."""
     rows = parallel.local_rows(batch_size)
     totals = None
@@ -234,20 +243,26 @@ def _train_epoch(train_fn, state, inputs: Inputs, config: Config, epoch: int, *,
             float(logged[-1]["learning_rate"]))
 
 
-def _eval_fns(config: Config, mesh) -> dict:
+def jit_train_step(config: Config, mesh):
+    """The jitted train step, its state donated, its outputs replicated over `mesh`."""
+    return jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0,
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+
+
+def jit_eval_steps(config: Config, mesh) -> dict:
     """The jitted eval step per test-time augmentation: plain, flip, and ten-crop for crop models."""
     return {tta: jax.jit(functools.partial(train.eval_step, standardize=config.standardize, tta=tta),
                          out_shardings=parallel.replicated(mesh))
             for tta in ("none", "flip") + (("tencrop",) if config.crop else ())}
 
 
-def _evaluate_best(eval_fns: dict, state, inputs: Inputs, config: Config, splits: tuple[str, ...], mesh) -> dict:
+def evaluate_splits(evaluators: dict, state, inputs: Inputs, config: Config, splits: tuple[str, ...], mesh) -> dict:
     """Metrics of `state` on each split for every eval function (keys 'test', 'test_flip', 'test_tencrop', ...)."""
     results = {}
-    for tta, eval_fn in eval_fns.items():
+    for tta, eval_fn in evaluators.items():
         for split_name in splits:
-            totals = _evaluate_totals(eval_fn, state, getattr(inputs, split_name), config.eval_batch_size,
-                                      inputs.extras[split_name], mesh)
+            totals = evaluate_totals(eval_fn, state, getattr(inputs, split_name), config.eval_batch_size,
+                                     inputs.extras[split_name], mesh)
             key = split_name if tta == "none" else f"{split_name}_{tta}"
             results[key] = evaluate.metrics_from_confusion(totals["confusion"])
     return results
@@ -277,10 +292,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     config.validate()
     start_time = time.time()
     os.makedirs(workdir, exist_ok=True)
-    mesh = parallel.data_mesh()
-    for flag in ("batch_size", "eval_batch_size"):
-        if getattr(config, flag) % mesh.size:
-            raise ConfigError(f"--{flag}={getattr(config, flag)}: must be divisible by the {mesh.size} devices")
+    mesh = data_mesh(config)
     model = models.create(config.model, **config.model_kwargs())
     dataset = dataset or data.load(data_dir)
     inputs = prepare_inputs(config, dataset, model.needs_hog)
@@ -315,10 +327,9 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         elif latest.latest_step() is not None:
             raise ConfigError(f"--workdir={workdir}: holds checkpoints already; pass --resume or choose a new workdir")
 
-        train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0,
-                           out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
-        eval_fns = _eval_fns(config, mesh)
-        eval_fn = eval_fns["none"]  # per epoch; the final evaluation adds the TTA ones
+        train_fn = jit_train_step(config, mesh)
+        evaluators = jit_eval_steps(config, mesh)
+        eval_fn = evaluators["none"]  # per epoch; the final evaluation adds the TTA ones
         writer = SummaryWriter(workdir, enabled=parallel.is_logging_process())
         if int(state.step) == 0:
             writer.text("config", "\n".join(f"    {k} = {v}" for k, v in dataclasses.asdict(config).items()), 0)
@@ -334,15 +345,15 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                 progress=progress, log_every_steps=log_every_steps, checkpoint_dir=latest.directory)
             step = int(state.step)
             evaluated = train.evaluation_state(state)
-            val = _evaluate_totals(eval_fn, evaluated, inputs.val, config.eval_batch_size, inputs.extras["val"], mesh)
+            val = evaluate_totals(eval_fn, evaluated, inputs.val, config.eval_batch_size, inputs.extras["val"], mesh)
             epoch_seconds = time.time() - epoch_start
             record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_accuracy": train_accuracy,
                       "val_loss": val["loss"], "val_accuracy": val["accuracy"], "learning_rate": learning_rate,
                       "img_per_s": steps_per_epoch * config.batch_size / epoch_seconds,
                       "wall_time": time.time() - start_time}
             if track_test:
-                record["test_accuracy"] = _evaluate_totals(eval_fn, evaluated, inputs.test, config.eval_batch_size,
-                                                           inputs.extras["test"], mesh)["accuracy"]
+                record["test_accuracy"] = evaluate_totals(eval_fn, evaluated, inputs.test, config.eval_batch_size,
+                                                          inputs.extras["test"], mesh)["accuracy"]
             history.append({k: v if k in ("epoch", "step") else float(v) for k, v in record.items()})
             if parallel.is_logging_process():
                 _write_history(history_path, history)
@@ -367,7 +378,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         best_step = best.latest_step()
         state = checkpoint.restore_state(best, best_step, state)
         best_epoch = checkpoint.read_meta(best, best_step).get("epoch")
-    results = _evaluate_best(eval_fns, train.evaluation_state(state), inputs, config, final_splits, mesh)
+    results = evaluate_splits(evaluators, train.evaluation_state(state), inputs, config, final_splits, mesh)
     metrics = {
         "model": config.model,
         "params": params,

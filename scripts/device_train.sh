@@ -6,26 +6,28 @@
 # or, from the challenge CSV,   python scripts/pack_fer2013.py pack   (data/fer2013.npz.xz, ~59 MiB).
 # There:   OUT=<folder that comes back> DEADLINE=<Unix time> bash scripts/device_train.sh NAME "FLAGS" [NAME "FLAGS" ...]
 #
-# Everything is in $OUT by DEADLINE (say the machine's command limit from now, less a minute): training
-# ends RESERVE_S seconds (default 150) before it, which the final evaluation, the exports and packing
-# take. Unpacks the faces, fits each run's epoch count to the time left (scripts/fit_epochs.py --until,
-# the runs measured side by side, as they then train), trains them side by side with --track_test (test
-# accuracy per epoch, for the time-to-accuracy curve; selection stays on val) and --time_limit_minutes
-# (a run slower than its fit stops early and still reports), and leaves in $OUT one NAME.tar per run:
+# Everything is in $OUT by DEADLINE (say the machine's command limit from now, less a minute): the runs
+# are done RESERVE_S seconds (default 120) before it, which the exports and packing take. Unpacks the
+# faces, fits each run's epoch count to the time left (scripts/fit_epochs.py --until, the runs measured
+# side by side, as they then train, the final evaluation included), trains them side by side with
+# --track_test (test accuracy per epoch, for the time-to-accuracy curve; selection stays on val) and the
+# fit's --time_limit_minutes (a run slower than its fit stops early and still reports), and leaves in
+# $OUT one NAME.tar per run:
 # metrics.json, history, plots, TensorBoard events, logs and the best model exported for `predict`
 # (checkpoints stay behind: with Adam's moments they outgrow what comes back). Every minute each run's
 # latest progress line goes to the console.
 set -euo pipefail
 out="${OUT:?set OUT to the folder whose files come back}"
 deadline="${DEADLINE:?set DEADLINE to the Unix time by which the results must be in \$OUT}"
-stop=$(( deadline - ${RESERVE_S:-150} ))
+stop=$(( deadline - ${RESERVE_S:-120} ))
 (( stop > $(date +%s) )) || { echo "error: DEADLINE=$deadline leaves no time to train" >&2; exit 1; }
 (( $# >= 2 && $# % 2 == 0 )) || { echo "usage: device_train.sh NAME FLAGS [NAME FLAGS ...]" >&2; exit 1; }
 names=() specs=()
 while (( $# )); do names+=("$1"); specs+=("$2"); shift 2; done
 
 work="$(mktemp -d)"
-export PYTHONUNBUFFERED=1 FERJAX_CACHE_DIR="$work/cache"
+# The runs find the programs their fits compiled (the same jitted functions) in JAX's persistent cache.
+export PYTHONUNBUFFERED=1 FERJAX_CACHE_DIR="$work/cache" JAX_COMPILATION_CACHE_DIR="$work/jax_cache"
 if [[ -f data/fer2013.tar.xz ]]; then
   tar -C "$work" -xJf data/fer2013.tar.xz
   export FER2013_DIR="$work/fer2013"
@@ -39,8 +41,8 @@ fi
 # Decoded once here; the runs read the cache.
 python3 -c "from ferjax import data; d = data.load(); print('FER2013:', len(d.train), len(d.val), len(d.test))"
 # The runs share the accelerator's memory.
+XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v runs=${#names[@]} 'BEGIN { printf "%.3f", 0.9 / runs }')
 export XLA_PYTHON_CLIENT_MEM_FRACTION
-XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / ${#names[@]}, 3))")
 
 side_by_side() {  # side_by_side STAGE COMMAND...: COMMAND NAME FLAGS for every run at once; fails if one did
   local stage=$1 pids=() failed=0
@@ -58,10 +60,10 @@ fit() {  # shellcheck disable=SC2086  (FLAGS are words; a failed fit leaves the 
     --side_by_side=${#names[@]} || { mkdir -p "$work/barrier" && touch "$work/barrier/failed.$1" && return 1; }
 }
 run() {  # shellcheck disable=SC2086  (a run whose fit failed fails too)
-  local epochs
-  epochs=$(grep -xE -- "--epochs=[0-9]+" "$work/$1.fit.log") &&
-    python3 -m experiments.train $2 "$epochs" --workdir="$work/$1" --track_test \
-      --time_limit_minutes="$(python3 -c "print(max(($stop - $(date +%s)) / 60, 0.1))")" &&
+  local fitted
+  fitted=$(grep -xE -- "--(epochs|time_limit_minutes)=[0-9.]+" "$work/$1.fit.log") &&
+    (( $(wc -l <<< "$fitted") == 2 )) &&
+    python3 -m experiments.train $2 $fitted --workdir="$work/$1" --track_test &&
     python3 scripts/export_model.py --workdir="$work/$1" --output="$work/$1/model" --max_mb=15
 }
 
@@ -70,12 +72,12 @@ side_by_side fit fit || status=1
 grep -h "epochs fit" "$work"/*.fit.log || true
 while sleep 60; do
   for name in "${names[@]}"; do
-    grep -h "img/s\| done in " "$work/$name.train.log" 2>/dev/null | tail -n 1 | sed "s/^/$name: /"
+    grep -h "img/s\| done in " "$work/$name.train.log" 2>/dev/null | tail -n 1 | sed "s/^/$name: /" || true
   done
 done &
 monitor=$!
 side_by_side train run || status=1
-kill "$monitor"
+kill "$monitor" 2>/dev/null || true
 for name in "${names[@]}"; do
   grep -h "best checkpoint" "$work/$name.train.log" | sed "s/^/$name: /" || true
   mkdir -p "$work/$name" && cp "$work/$name".*.log "$work/$name/"

@@ -1,19 +1,21 @@
 """The epoch count that fits a training-time budget on this machine, measured.
 
 python scripts/fit_epochs.py --flagfile=experiments/recipes/gpu_deep.flags --minutes=6 [--track_test] [train flags]
-python scripts/fit_epochs.py ... --until=UNIX_TIME     # a run started right after must have trained by then
+python scripts/fit_epochs.py ... --until=UNIX_TIME     # a run started right after must be done by then
 
-Builds the run that the train flags describe (model, augmentation, teachers), runs its jitted train
-step on a training batch for --seconds after compilation, times one validation pass (two with
---track_test) and one checkpoint save, and prints the most epochs whose training, evaluation and
-checkpoints fit --minutes, as `--epochs=N`: the run's command then names its epoch count, and the
-schedule is set for it. With --until, the time left once the fit is done, less the start-up and
-compilation it measured (the run repeats them), is the budget. Runs that will share a device are
+Builds the run that the train flags describe (model, augmentation, teachers) with the training loop's
+own jitted functions, runs its train step on a training batch for --seconds after compilation, times
+one validation pass (two with --track_test), one checkpoint save, and the run's final evaluation (its
+best checkpoint with every test-time augmentation on val and test, compilations included), and prints
+the most epochs whose training, evaluation and checkpoints fit --minutes, as `--epochs=N`: the run's
+command then names its epoch count, and the schedule is set for it. With --until, the budget is the
+time left once the fit is done, less the start-up and compilation it measured (the run repeats them)
+and the final evaluation, and a second line, `--time_limit_minutes=M`, makes a run that turns out
+slower than its fit stop training in time to evaluate by --until. Runs that will share a device are
 measured side by side: start their fits together with one --barrier folder and --side_by_side=N, and
 each times its steps only once all N have compiled.
 """
 
-import functools
 import os
 import sys
 import tempfile
@@ -27,14 +29,16 @@ from absl import app, flags  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, start  # noqa: E402
-from ferjax import checkpoint, data, evaluate, loop, models, train  # noqa: E402
+from ferjax import checkpoint, data, loop, models, parallel, train  # noqa: E402
 from ferjax.configs import ConfigError  # noqa: E402
+
+_IMPORTED = time.time()  # a run's clock (--time_limit_minutes) starts after its imports
 
 define_config_flags()
 define_data_dir_flag()
 flags.DEFINE_float("minutes", None, "training time to fill, without data loading and compilation")
 flags.DEFINE_float("until", None, "instead of --minutes: the Unix time by which a run started after this fit must "
-                   "have trained")
+                   "have trained and evaluated")
 flags.DEFINE_float("seconds", 10.0, "how long the train step is timed, after compilation")
 flags.DEFINE_string("barrier", None, "a folder shared by fits run side by side (see --side_by_side)")
 flags.DEFINE_integer("side_by_side", 1, "with --barrier: the fits that time their steps together")
@@ -82,19 +86,22 @@ def main(argv):
         model = models.create(config.model, **config.model_kwargs())
         inputs = loop.prepare_inputs(config, data.load(FLAGS.data_dir), model.needs_hog)
         teachers, _ = loop.load_teachers(config)
+        mesh = loop.data_mesh(config)
     except (ConfigError, data.DataError, checkpoint.CheckpointError, flags.ValidationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     steps_per_epoch = data.num_batches(len(inputs.train), config.batch_size)
-    state = loop.initial_state(jax.random.key(config.seed), model, config, inputs)
-    train_fn = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+    state = parallel.replicate(loop.initial_state(jax.random.key(config.seed), model, config, inputs), mesh)
+    teachers = parallel.replicate(teachers, mesh)
+    train_fn, evaluators = loop.jit_train_step(config, mesh), loop.jit_eval_steps(config, mesh)
     batch = next(data.batches(inputs.train, config.batch_size, shuffle_seed=(config.seed, 0),
                               extra=inputs.extras["train"]))
+    batch = parallel.shard_batch({k: v[parallel.local_rows(config.batch_size)] for k, v in batch.items()}, mesh)
     holder = {"state": state}
 
     def train_steps(count: int) -> None:
         for i in range(count):
-            holder["state"], metrics = train_fn(holder["state"], dict(batch), jax.random.key(i), teachers)
+            holder["state"], metrics = train_fn(holder["state"], batch, jax.random.key(i), teachers)
         jax.block_until_ready(metrics)
 
     train_steps(2)  # compilation
@@ -107,20 +114,33 @@ def main(argv):
         steps += 10
     step_s = (time.perf_counter() - start_time) / steps
     evaluated = train.evaluation_state(holder["state"])
-    eval_s = _timed(lambda: evaluate.predict_split(evaluated, inputs.val, config.eval_batch_size,
-                                                   standardize=config.standardize, extra=inputs.extras["val"]))
+    eval_s = _timed(lambda: loop.evaluate_totals(evaluators["none"], evaluated, inputs.val, config.eval_batch_size,
+                                                 inputs.extras["val"], mesh))
     with tempfile.TemporaryDirectory() as tmp, checkpoint.manager(tmp) as manager:
         saves = iter((1, 2))
         save_s = _timed(lambda: checkpoint.save(manager, next(saves), holder["state"], {"config": {}}))
+    final_start = time.perf_counter()  # once: the run compiles its TTA evaluations at the end too
+    loop.evaluate_splits(evaluators, evaluated, inputs, config, ("val", "test"), mesh)
+    final_s = time.perf_counter() - final_start
     # Per epoch: val (and test) evaluation, the latest checkpoint, and at worst a new best one.
     overhead_s = eval_s * (2 if FLAGS.track_test else 1) + 2 * save_s
-    budget_s = FLAGS.minutes * 60 if FLAGS.minutes else FLAGS.until - time.time() - startup_s
+    if FLAGS.minutes is not None:
+        budget_s = FLAGS.minutes * 60
+    else:
+        budget_s = FLAGS.until - time.time() - startup_s - final_s
+        if budget_s <= 0:
+            print(f"error: --until={FLAGS.until:.0f}: leaves no time to train once start-up ({startup_s:.0f} s) and "
+                  f"the final evaluation ({final_s:.0f} s) are taken off", file=sys.stderr)
+            return 1
     epochs = loop.epochs_that_fit(budget_s, step_s, steps_per_epoch, overhead_s, FLAGS.max_epochs)
     print(f"{config.model}: {step_s * 1e3:.1f} ms per step of {config.batch_size} "
           f"({config.batch_size / step_s:.0f} img/s), {steps_per_epoch} steps per epoch, {overhead_s:.1f} s of "
-          f"evaluation and checkpoints per epoch, {startup_s:.0f} s of start-up and compilation: {epochs} epochs "
-          f"fit {budget_s / 60:.2f} min", file=sys.stderr)
+          f"evaluation and checkpoints per epoch, {startup_s:.0f} s of start-up and compilation, {final_s:.0f} s of "
+          f"final evaluation: {epochs} epochs fit {budget_s / 60:.2f} min", file=sys.stderr)
     print(f"--epochs={epochs}")
+    if FLAGS.until is not None:
+        # The run's clock starts after its imports, and its training must leave the final evaluation time.
+        print(f"--time_limit_minutes={(FLAGS.until - final_s - time.time() - (_IMPORTED - _STARTED)) / 60:.2f}")
     return 0
 
 

@@ -49,7 +49,7 @@ def equivalence() -> dict:
     max_param_diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                          for a, b in zip(jax.tree.leaves(state_1.params), jax.tree.leaves(state_n.params)))
     eval_fn = jax.jit(train.eval_step, out_shardings=replicated)
-    totals = loop._evaluate_totals(eval_fn, state_n, dataset.val, 16, {}, mesh)
+    totals = loop.evaluate_totals(eval_fn, state_n, dataset.val, 16, {}, mesh)
     return {"devices": mesh.size, "losses_1": losses_1, "losses_n": losses_n, "max_param_diff": max_param_diff,
             "eval_count": int(np.asarray(totals["confusion"]).sum()), "val_size": len(dataset.val)}
 

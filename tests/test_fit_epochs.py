@@ -21,7 +21,7 @@ def test_epochs_fill_the_budget_with_steps_and_per_epoch_overhead():
     assert loop.epochs_that_fit(1.0, 0.1, 10, 1.0, max_epochs=400) == 1  # always at least one epoch
 
 
-def test_fit_measures_a_run_and_takes_off_the_start_up_it_measured(tmp_path, fer2013_dir):
+def test_fit_measures_a_run_and_takes_off_its_start_up_and_final_evaluation(tmp_path, fer2013_dir):
     until = time.time() + 120
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "fit_epochs.py"), "--model=_tiny_cnn", "--batch_size=16",
@@ -29,11 +29,17 @@ def test_fit_measures_a_run_and_takes_off_the_start_up_it_measured(tmp_path, fer
          f"--barrier={tmp_path / 'barrier'}", "--side_by_side=1"],
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    epochs = int(result.stdout.strip().removeprefix("--epochs="))
+    epochs_line, limit_line = result.stdout.split()
+    epochs = int(epochs_line.removeprefix("--epochs="))
     assert 1 <= epochs <= 400 and f"{epochs} epochs fit" in result.stderr
     startup_s = float(re.search(r"([\d.]+) s of start-up", result.stderr).group(1))
+    final_s = float(re.search(r"([\d.]+) s of final evaluation", result.stderr).group(1))
     budget_min = float(re.search(r"fit ([\d.]+) min", result.stderr).group(1))
-    assert startup_s > 0 and budget_min * 60 < until - time.time() - startup_s + 1
+    slack_s = 2  # the printed figures are rounded
+    assert startup_s > 0 and budget_min * 60 < until - time.time() - startup_s - final_s + slack_s
+    # A run started now must stop training early enough to leave its final evaluation before --until.
+    limit_min = float(limit_line.removeprefix("--time_limit_minutes="))
+    assert 0 < limit_min * 60 < until - time.time() - final_s + slack_s
 
 
 @pytest.mark.parametrize("flag", ["--minutes=0", "--minutes=1 --side_by_side=0", "--minutes=1 --until=1"])
