@@ -56,13 +56,16 @@ def _draining_event_loops():
 
 
 def manager(directory: str, *, best: bool = False) -> ocp.CheckpointManager:
-    """A manager that keeps one checkpoint: the latest, or (best=True) the best by val accuracy."""
+    """A manager that keeps one checkpoint: the latest, or (best=True) the best by val accuracy.
+
+    Its saves are asynchronous (see `save`): call its `wait_until_finished` before reading back what it
+    saved; its next save and closing it wait too.
+    """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1,
         best_fn=(lambda metrics: metrics["val_accuracy"]) if best else None,
         best_mode="max",
         create=True,
-        enable_async_checkpointing=False,
     )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -76,9 +79,10 @@ def _stored_arrays(state: train.TrainState) -> dict:
 
 def save(mngr: ocp.CheckpointManager, step: int, state: train.TrainState, meta: dict,
          metrics: dict | None = None) -> None:
+    """Saves `state` and `meta` at `step`. Returns once the arrays are copied off the device, so training
+    goes on (and may donate their buffers) while the files are written in the background."""
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_stored_arrays(state)),
                                             meta=ocp.args.JsonSave(meta)), metrics=metrics)
-    mngr.wait_until_finished()
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:

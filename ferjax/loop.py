@@ -374,7 +374,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                             stopped_after, config.epochs, time_limit_s / 60)
                 break
 
-        # The best checkpoint, restored into the live (sharded) state.
+        # The best checkpoint, restored into the live (sharded) state once its files are written.
+        best.wait_until_finished()
         best_step = best.latest_step()
         state = checkpoint.restore_state(best, best_step, state)
         best_epoch = checkpoint.read_meta(best, best_step).get("epoch")

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ferjax import checkpoint, configs, evaluate, inference, kfold, loop, models
+from ferjax import checkpoint, configs, data, evaluate, inference, kfold, loop, models, train
 from ferjax.configs import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,6 +140,26 @@ def test_weight_average_is_what_the_run_selects_on_and_loads(small_fer2013, tmp_
     assert evaluate.evaluate_checkpoints([str(tmp_path)], small_fer2013, "val")["accuracy"] == metrics["val_accuracy"]
 
 
+def test_an_asynchronous_save_keeps_the_state_it_was_given_while_training_donates_it(small_fer2013, tmp_path):
+    config = configs.tiny_config(batch_size=32)
+    model = models.create(config.model, **config.model_kwargs())
+    state = train.create_train_state(jax.random.key(0), model, config, mean_image=np.zeros((48, 48)),
+                                     steps_per_epoch=1)
+    step = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+    batch = next(data.batches(small_fer2013.train, 32, shuffle_seed=(0, 0)))
+    saved = jax.tree.map(np.array, state.params)
+    with checkpoint.manager(str(tmp_path)) as mngr:
+        checkpoint.save(mngr, 1, state, {"config": {}})
+        for i in range(3):  # the saved buffers are donated and overwritten while the files are written
+            state, _ = step(state, batch, jax.random.key(i), ())
+        mngr.wait_until_finished()
+        restored = checkpoint.restore_state(mngr, 1, state)
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved))]
+    assert any(changed)
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_checkpoints_from_before_the_weight_average_still_load(trained, tmp_path):
     """A state saved whole by orbax, in the layout TrainState had before its `averaged` field."""
     from typing import Any
@@ -159,7 +179,6 @@ def test_checkpoints_from_before_the_weight_average_still_load(trained, tmp_path
                                 mean_image=state.mean_image, class_weights=state.class_weights)
     with checkpoint.manager(str(tmp_path)) as mngr:
         mngr.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(earlier), meta=ocp.args.JsonSave(meta)))
-        mngr.wait_until_finished()
     loaded, _ = checkpoint.load(str(tmp_path))
     assert int(loaded.step) == int(state.step) and loaded.averaged is None
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state.params)):
@@ -330,7 +349,7 @@ def test_visualize_writes_non_empty_images(trained, small_fer2013, tmp_path):
 
 
 def test_attention_statistics_read_theta_and_live_units_exactly(small_fer2013):
-    from ferjax import preprocess, train, visualize
+    from ferjax import preprocess, visualize
 
     config = configs.tiny_config(model="stn")
     state = train.create_train_state(jax.random.key(0), models.create("stn"), config, steps_per_epoch=1,
@@ -363,7 +382,7 @@ def test_attention_statistics_read_theta_and_live_units_exactly(small_fer2013):
 
 
 def test_translation_profile_scores_the_faces_the_moved_sampler_sees(small_fer2013):
-    from ferjax import train, visualize
+    from ferjax import visualize
 
     config = configs.tiny_config(model="stn")
     # A zero mean face: then the sampler's zero padding is what a black border in the image gives.
