@@ -8,11 +8,11 @@
 #
 # Everything is in $OUT by DEADLINE (say the machine's command limit from now, less a minute): the runs
 # are done RESERVE_S seconds (default 120) before it, which the exports and packing take. Unpacks the
-# faces, fits each run's epoch count to the time left (scripts/fit_epochs.py --until, the runs measured
-# side by side, as they then train, the final evaluation included), trains them side by side with
-# --track_test (test accuracy per epoch, for the time-to-accuracy curve; selection stays on val) and the
-# fit's --time_limit_minutes (a run slower than its fit stops early and still reports), and leaves in
-# $OUT one NAME.tar per run:
+# faces, and for every run at once: fits its epoch count to the time left (scripts/fit_epochs.py
+# --until, the runs measured side by side, as they then train, the final evaluation included), trains it
+# right after with --track_test (test accuracy per epoch, for the time-to-accuracy curve; selection stays
+# on val) and the fit's --time_limit_minutes (a run slower than its fit stops early and still reports),
+# exports it, and leaves in $OUT one NAME.tar per run:
 # metrics.json, history, plots, TensorBoard events, logs and the best model exported for `predict`
 # (checkpoints stay behind: with Adam's moments they outgrow what comes back). Every minute each run's
 # latest progress line goes to the console.
@@ -44,43 +44,39 @@ python3 -c "from ferjax import data; d = data.load(); print('FER2013:', len(d.tr
 XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v runs=${#names[@]} 'BEGIN { printf "%.3f", 0.9 / runs }')
 export XLA_PYTHON_CLIENT_MEM_FRACTION
 
-side_by_side() {  # side_by_side STAGE COMMAND...: COMMAND NAME FLAGS for every run at once; fails if one did
-  local stage=$1 pids=() failed=0
-  shift
-  for i in "${!names[@]}"; do
-    "$@" "${names[i]}" "${specs[i]}" > "$work/${names[i]}.$stage.log" 2>&1 & pids+=($!)
-  done
-  for i in "${!pids[@]}"; do
-    wait "${pids[i]}" || { echo "${names[i]}: $stage failed:"; tail -n 5 "$work/${names[i]}.$stage.log"; failed=1; }
-  done
-  return $failed
-}
-fit() {  # shellcheck disable=SC2086  (FLAGS are words; a failed fit leaves the others' barrier)
-  python3 scripts/fit_epochs.py $2 --until="$stop" --track_test --barrier="$work/barrier" \
-    --side_by_side=${#names[@]} || { mkdir -p "$work/barrier" && touch "$work/barrier/failed.$1" && return 1; }
-}
-run() {  # shellcheck disable=SC2086  (a run whose fit failed fails too)
+fit_train_export() {  # NAME FLAGS  # shellcheck disable=SC2086  (FLAGS are words)
   local fitted
+  if ! python3 scripts/fit_epochs.py $2 --until="$stop" --track_test --barrier="$work/barrier" \
+      --side_by_side=${#names[@]} > "$work/$1.fit.log" 2>&1; then
+    mkdir -p "$work/barrier" && touch "$work/barrier/failed.$1"  # the other fits stop waiting for this one
+    tail -n 5 "$work/$1.fit.log"
+    return 1
+  fi
+  grep -h "epochs fit" "$work/$1.fit.log"
+  # The run starts as its fit ends, so the fit's time limit, counted from then, holds.
   fitted=$(grep -xE -- "--(epochs|time_limit_minutes)=[0-9.]+" "$work/$1.fit.log") &&
     (( $(wc -l <<< "$fitted") == 2 )) &&
     python3 -m experiments.train $2 $fitted --workdir="$work/$1" --track_test &&
     python3 scripts/export_model.py --workdir="$work/$1" --output="$work/$1/model" --max_mb=15
 }
 
-status=0
-side_by_side fit fit || status=1
-grep -h "epochs fit" "$work"/*.fit.log || true
 while sleep 60; do
   for name in "${names[@]}"; do
-    grep -h "img/s\| done in " "$work/$name.train.log" 2>/dev/null | tail -n 1 | sed "s/^/$name: /" || true
+    grep -h "img/s\| done in " "$work/$name.log" 2>/dev/null | tail -n 1 | sed "s/^/$name: /" || true
   done
 done &
 monitor=$!
-side_by_side train run || status=1
+pids=() status=0
+for i in "${!names[@]}"; do
+  fit_train_export "${names[i]}" "${specs[i]}" > "$work/${names[i]}.log" 2>&1 & pids+=($!)
+done
+for i in "${!names[@]}"; do
+  wait "${pids[i]}" || { echo "${names[i]}: failed:"; tail -n 5 "$work/${names[i]}.log"; status=1; }
+done
 kill "$monitor" 2>/dev/null || true
 for name in "${names[@]}"; do
-  grep -h "best checkpoint" "$work/$name.train.log" | sed "s/^/$name: /" || true
-  mkdir -p "$work/$name" && cp "$work/$name".*.log "$work/$name/"
+  grep -h "epochs fit\|best checkpoint" "$work/$name.log" | sed "s/^/$name: /" || true
+  mkdir -p "$work/$name" && cp "$work/$name".*log "$work/$name/"
   tar -C "$work/$name" -cf "$out/$name.tar" --exclude=checkpoints .
 done
 exit $status
