@@ -58,14 +58,17 @@ def _draining_event_loops():
 def manager(directory: str, *, best: bool = False) -> ocp.CheckpointManager:
     """A manager that keeps one checkpoint: the latest, or (best=True) the best by val accuracy.
 
-    Its saves are asynchronous (see `save`): call its `wait_until_finished` before reading back what it
-    saved; its next save and closing it wait too.
+    In a single process its saves are asynchronous (see `save`): call its `wait_until_finished` before
+    reading back what it saved; its next save and closing it wait too.
     """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1,
         best_fn=(lambda metrics: metrics["val_accuracy"]) if best else None,
         best_mode="max",
         create=True,
+        # Across processes orbax's background finalisation raced: one process validated the array
+        # metadata before the other had written its own, and the save failed.
+        enable_async_checkpointing=jax.process_count() == 1,
     )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -79,8 +82,8 @@ def _stored_arrays(state: train.TrainState) -> dict:
 
 def save(mngr: ocp.CheckpointManager, step: int, state: train.TrainState, meta: dict,
          metrics: dict | None = None) -> None:
-    """Saves `state` and `meta` at `step`. Returns once the arrays are copied off the device, so training
-    goes on (and may donate their buffers) while the files are written in the background."""
+    """Saves `state` and `meta` at `step`. An asynchronous manager returns once the arrays are copied off
+    the device, so training goes on (and may donate their buffers) while the files are written."""
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_stored_arrays(state)),
                                             meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
