@@ -44,7 +44,8 @@ python3 -c "from ferjax import data; d = data.load(); print('FER2013:', len(d.tr
 XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v runs=${#names[@]} 'BEGIN { printf "%.3f", 0.9 / runs }')
 export XLA_PYTHON_CLIENT_MEM_FRACTION
 
-fit_train_export() {  # NAME FLAGS  # shellcheck disable=SC2086  (FLAGS are words)
+# shellcheck disable=SC2086  # FLAGS are words
+fit_train_export() {  # NAME FLAGS
   local fitted
   if ! python3 scripts/fit_epochs.py $2 --until="$stop" --track_test --barrier="$work/barrier" \
       --side_by_side=${#names[@]} > "$work/$1.fit.log" 2>&1; then
