@@ -1,13 +1,15 @@
 """The pure train / eval steps, the loss, optimizers and schedules, on tiny models and real faces."""
 
 import functools
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ferjax import configs, data, evaluate, models, preprocess, train
+from ferjax import configs, data, evaluate, host_memory, models, preprocess, train
 
 
 def _state(config, split, steps_per_epoch=10):
@@ -258,3 +260,22 @@ def test_crop_models_train_on_windows_and_predict_on_the_centre(small_fer2013):
 def test_crop_must_fit_the_face():
     with pytest.raises(configs.ConfigError, match="--crop=48"):
         configs.tiny_config(crop=48)
+
+
+def test_the_readme_loop_trains_an_epoch_and_reports_the_val_accuracy_evaluate_gives(small_fer2013, monkeypatch,
+                                                                                   capsys):
+    """The README's Programmatic API example runs as written, here on a few hundred faces for one epoch."""
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    example = re.search(r"## Programmatic API\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.setattr(data, "load", lambda *args, **kwargs: small_fer2013)
+    get_config = configs.get_config
+    monkeypatch.setattr(configs, "get_config", lambda model, **kwargs: get_config(model, **{**kwargs, "epochs": 1}))
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: True)  # leave the test process's malloc alone
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+
+    state, val = namespace["state"], small_fer2013.val
+    assert int(state.step) == data.num_batches(len(small_fer2013.train), namespace["config"].batch_size)
+    probs = evaluate.predict_split(train.evaluation_state(state), val, 500)
+    epoch, accuracy = capsys.readouterr().out.split()
+    assert (epoch, float(accuracy)) == ("0", pytest.approx(evaluate.metrics_from_probs(val.labels, probs)["accuracy"]))
