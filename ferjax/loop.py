@@ -368,8 +368,9 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
                      epoch_seconds, val["loss"], val["accuracy"], best_val)
             writer.flush()
             # The next epoch is judged by this one's whole cost: training, evaluation and checkpoints.
+            now = time.time()
             if (time_limit_s is not None and epoch + 1 < config.epochs
-                    and time.time() - start_time + (time.time() - epoch_start) > time_limit_s):
+                    and (now - start_time) + (now - epoch_start) > time_limit_s):
                 stopped_after = epoch + 1
                 log.warning("stopping after epoch %d of %d: another would pass the time limit of %.1f min",
                             stopped_after, config.epochs, time_limit_s / 60)
