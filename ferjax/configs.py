@@ -72,6 +72,7 @@ class Config:
     distill_from: tuple[str, ...] | None = None  # teachers (workdirs, exported models) to learn from beside the labels
     distill_weight: float = 0.5  # weight of the teachers' term in the loss; the labels' cross-entropy keeps 1 - weight
     distill_temperature: float = 2.0  # softmax temperature of teachers and student in the teachers' term
+    distill_flip: bool = False  # the teachers' targets average each view and its mirror image (flip TTA)
 
     def model_kwargs(self) -> dict:
         """Fields of the model constructor that this config overrides."""
@@ -134,6 +135,7 @@ class Config:
         check(self.distill_from is None or len(self.distill_from) > 0, "distill_from", "name at least one teacher")
         check(0 <= self.distill_weight <= 1, "distill_weight", "must be in [0, 1]")
         check(self.distill_temperature > 0, "distill_temperature", "must be positive")
+        check(not self.distill_flip or self.distill_from, "distill_flip", "needs teachers (--distill_from)")
         check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         check(self.class_weighting in CLASS_WEIGHTINGS, "class_weighting",
               f"choose one of {', '.join(CLASS_WEIGHTINGS)}")

@@ -130,9 +130,8 @@ def random_theta(rng: jax.Array, batch: int, size: int, aug: Augment) -> jax.Arr
     return jnp.stack([jnp.stack([cos_B, -sin_B, tx_B], -1), jnp.stack([sin_B, cos_B, ty_B], -1)], -2)
 
 
-def random_erase(rng: jax.Array, x_BxHxW: jax.Array, prob: float) -> jax.Array:
-    """Random erasing: with probability `prob`, a rectangle of 2-25% of the area (aspect 0.3-3.3) is zeroed."""
-    batch, height, width = x_BxHxW.shape
+def erase_mask(rng: jax.Array, batch: int, height: int, width: int, prob: float) -> jax.Array:
+    """Random erasing's rectangles, BxHxW bool: with probability `prob`, 2-25% of the area (aspect 0.3-3.3)."""
     k_apply, k_area, k_aspect, k_y, k_x = jax.random.split(rng, 5)
     area_B = jax.random.uniform(k_area, (batch,), minval=0.02, maxval=0.25) * height * width
     aspect_B = jnp.exp(jax.random.uniform(k_aspect, (batch,), minval=jnp.log(0.3), maxval=jnp.log(3.3)))
@@ -143,9 +142,8 @@ def random_erase(rng: jax.Array, x_BxHxW: jax.Array, prob: float) -> jax.Array:
     rows_1xH, cols_1xW = jnp.arange(height)[None], jnp.arange(width)[None]
     in_rows_BxH = (rows_1xH >= y0_B[:, None]) & (rows_1xH < (y0_B + h_B)[:, None])
     in_cols_BxW = (cols_1xW >= x0_B[:, None]) & (cols_1xW < (x0_B + w_B)[:, None])
-    erase_BxHxW = in_rows_BxH[:, :, None] & in_cols_BxW[:, None, :]
     apply_B = jax.random.bernoulli(k_apply, prob, (batch,))
-    return jnp.where(erase_BxHxW & apply_B[:, None, None], 0.0, x_BxHxW)
+    return in_rows_BxH[:, :, None] & in_cols_BxW[:, None, :] & apply_B[:, None, None]
 
 
 def crop(x_BxHxW: jax.Array, size: int, offsets_Bx2: jax.Array) -> jax.Array:

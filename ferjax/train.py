@@ -197,12 +197,23 @@ def weighted_cross_entropy(logits_BxK, labels_B, weights_B, label_smoothing: flo
 
 
 def _training_view(state: TrainState, faces_BxHxW: jax.Array, config: Config, crop_at,
-                   erase_key: jax.Array | None) -> jax.Array:
-    """The model input of augmented faces: normalised, cropped at `crop_at`, then erased (`erase_key`)."""
+                   erased_BxHxW: jax.Array | None) -> jax.Array:
+    """The model input of augmented faces: normalised, cropped at `crop_at`, then zero (the mean face) where
+    `erased_BxHxW` (random erasing's rectangles in the window)."""
     x = model_inputs(state, faces_BxHxW, config.standardize, crop_at)
-    if erase_key is None:
+    if erased_BxHxW is None:
         return x
-    return preprocess.random_erase(erase_key, x[..., 0], config.erase)[..., None]
+    return jnp.where(erased_BxHxW[..., None], 0.0, x)
+
+
+def _mirrored_view(faces_BxHxW: jax.Array, crop_at, erased_BxHxW: jax.Array | None, crop: int):
+    """(faces, crop_at, erased) of the mirror image: the window and the erased rectangle mirror with the face.
+
+    The training mean is subtracted after mirroring, as in flip test-time augmentation."""
+    if crop_at is not None:
+        crop_at = crop_at.at[:, 1].set(faces_BxHxW.shape[2] - crop - crop_at[:, 1])
+    erased_BxHxW = None if erased_BxHxW is None else erased_BxHxW[:, :, ::-1]
+    return faces_BxHxW[:, :, ::-1], crop_at, erased_BxHxW
 
 
 def distillation_loss(logits_BxK, teacher_probs_BxK, weights_B, temperature: float) -> jax.Array:
@@ -214,18 +225,24 @@ def distillation_loss(logits_BxK, teacher_probs_BxK, weights_B, temperature: flo
     return temperature**2 * jnp.sum(per_sample * weights_B) / jnp.maximum(jnp.sum(weights_B), 1e-9)
 
 
-def teacher_probs(teachers: Sequence[TrainState], faces_BxHxW: jax.Array, crop_at, erase_key: jax.Array | None,
+def teacher_probs(teachers: Sequence[TrainState], faces_BxHxW: jax.Array, crop_at, erased_BxHxW: jax.Array | None,
                   config: Config) -> jax.Array:
     """The teachers' mean temperature-softened class probabilities on the student's augmented view.
 
-    Each teacher subtracts its own mean face; it sees the student's window (`crop_at`) and, with the
-    same key, the same erased rectangle. No gradient flows into the teachers.
+    Each teacher subtracts its own mean face and sees the student's window (`crop_at`) with the same
+    erased rectangle; with config.distill_flip, its probabilities on the mirror image join the mean
+    (flip test-time augmentation of the targets). No gradient flows into the teachers.
     """
+    views = [(faces_BxHxW, crop_at, erased_BxHxW)]
+    if config.distill_flip:
+        views.append(_mirrored_view(faces_BxHxW, crop_at, erased_BxHxW, config.crop))
     probs = []
     for teacher in teachers:
-        x = _training_view(teacher, faces_BxHxW, config, crop_at, erase_key)
-        (logits, _) = teacher.apply_fn({"params": teacher.params, "batch_stats": teacher.batch_stats}, x, train=False)
-        probs.append(jax.nn.softmax(logits / config.distill_temperature))
+        for view_faces, view_crop_at, view_erased in views:
+            x = _training_view(teacher, view_faces, config, view_crop_at, view_erased)
+            (logits, _) = teacher.apply_fn({"params": teacher.params, "batch_stats": teacher.batch_stats}, x,
+                                           train=False)
+            probs.append(jax.nn.softmax(logits / config.distill_temperature))
     return jax.lax.stop_gradient(jnp.mean(jnp.stack(probs), 0))
 
 
@@ -243,10 +260,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     aug = _augment_config(config)
     faces, flipped_B = preprocess.augment(k_aug, batch["image"].astype(jnp.float32), aug)
     crop_at = preprocess.random_crop_offsets(k_crop, *faces.shape, state.crop) if state.crop else None
-    erase_key = k_erase if aug.erase else None
-    x = _training_view(state, faces, config, crop_at, erase_key)
+    window_hw = (state.crop, state.crop) if state.crop else faces.shape[1:]
+    erased = preprocess.erase_mask(k_erase, faces.shape[0], *window_hw, aug.erase) if aug.erase else None
+    x = _training_view(state, faces, config, crop_at, erased)
     weights_B = batch["mask"] * state.class_weights[batch["label"]]
-    targets = teacher_probs(teachers, faces, crop_at, erase_key, config) if teachers else None
+    targets = teacher_probs(teachers, faces, crop_at, erased, config) if teachers else None
 
     def loss_fn(params):
         (logits, _), updates = state.apply_fn(

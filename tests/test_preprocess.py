@@ -113,16 +113,15 @@ def test_rotation_and_scale_keep_the_centre_and_change_the_rest():
     assert float(jnp.abs(out - faces).mean()) > 0.05
 
 
-def test_random_erase_zeroes_one_rectangle():
-    x = jnp.ones((64, 48, 48))
-    erased = np.asarray(preprocess.random_erase(jax.random.key(5), x, 1.0))
-    for image in erased:
-        rows, cols = np.nonzero(image == 0)
+def test_erase_mask_is_one_rectangle_per_face():
+    masks = np.asarray(preprocess.erase_mask(jax.random.key(5), 64, 48, 40, 1.0))
+    assert masks.shape == (64, 48, 40)
+    for mask in masks:
+        rows, cols = np.nonzero(mask)
         area = len(rows)
-        assert 0 < area <= 0.3 * 48 * 48
+        assert 0 < area <= 0.3 * 48 * 40
         assert area == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a full rectangle
-    untouched = np.asarray(preprocess.random_erase(jax.random.key(5), x, 0.0))
-    assert np.all(untouched == 1)
+    assert not np.asarray(preprocess.erase_mask(jax.random.key(5), 64, 48, 40, 0.0)).any()
 
 
 def test_augmentation_is_deterministic_in_its_key():

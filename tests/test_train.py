@@ -1,5 +1,6 @@
 """The pure train / eval steps, the loss, optimizers and schedules, on tiny models and real faces."""
 
+import dataclasses
 import functools
 import pathlib
 import re
@@ -225,6 +226,32 @@ def test_distillation_weighs_the_teachers_against_the_labels(small_fer2013):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     with pytest.raises(configs.ConfigError, match="--distill_weight=1.5: must be in"):
         configs.tiny_config(distill_weight=1.5)
+
+
+def test_flip_distillation_averages_the_teachers_flip_tta(small_fer2013):
+    config = configs.tiny_config(crop=40, model="_tiny_cnn", distill_from=("t",), distill_flip=True,
+                                 distill_temperature=2.0)
+    teacher = train.evaluation_state(_state(config, small_fer2013.train))
+    batch = _batch(small_fer2013.train, 16)
+    faces = batch["image"].astype(jnp.float32)
+    # Without erasing, the targets are the teacher's flip TTA (as evaluation does it) at the student's window.
+    crop_at = jnp.broadcast_to(jnp.array([6, 2]), (16, 2))
+    tta = [jax.nn.softmax(train.predict_logits(teacher, batch, flip=flip, crop_at=at) / 2.0)
+           for flip, at in ((False, (6, 2)), (True, (6, 48 - 40 - 2)))]
+    np.testing.assert_allclose(train.teacher_probs((teacher,), faces, crop_at, None, config), np.mean(tta, 0),
+                               atol=1e-6)
+    # With erasing, the mirror image's view mirrors the window and the rectangle: the targets of a face and of
+    # its mirror image are the same two views.
+    crop_at = preprocess.random_crop_offsets(jax.random.key(0), 16, 48, 48, 40)
+    erased = preprocess.erase_mask(jax.random.key(1), 16, 40, 40, 1.0)
+    mirrored_at = crop_at.at[:, 1].set(48 - 40 - crop_at[:, 1])
+    targets = train.teacher_probs((teacher,), faces, crop_at, erased, config)
+    np.testing.assert_allclose(train.teacher_probs((teacher,), faces[:, :, ::-1], mirrored_at, erased[:, :, ::-1],
+                                                   config), targets, atol=1e-6)
+    one_view = train.teacher_probs((teacher,), faces, crop_at, erased, dataclasses.replace(config, distill_flip=False))
+    assert not np.allclose(one_view, targets, atol=1e-4)
+    with pytest.raises(configs.ConfigError, match="--distill_flip=True: needs teachers"):
+        configs.tiny_config(distill_flip=True)
 
 
 def test_bfloat16_computation_keeps_float32_parameters(small_fer2013):
