@@ -68,6 +68,7 @@ class Config:
     grad_clip: float = 0.0  # clip gradients to this global norm (0: off)
     ema: float = 0.0  # decay of the weights' moving average, which evaluation and saved models use (0: off; e.g. 0.999)
     seed: int = 0  # root PRNG seed: init, shuffling, dropout and augmentation all derive from it
+    init_from: str | None = None  # start from this model's weights (workdir or exported) where names and shapes match
     # Knowledge distillation.
     distill_from: tuple[str, ...] | None = None  # teachers (workdirs, exported models) to learn from beside the labels
     distill_weight: float = 0.5  # weight of the teachers' term in the loss; the labels' cross-entropy keeps 1 - weight
@@ -132,6 +133,7 @@ class Config:
         for flag in ("l2", "weight_decay", "grad_clip"):
             check(getattr(self, flag) >= 0, flag, "must be >= 0")
         check(0 <= self.ema < 1, "ema", "must be in [0, 1)")
+        check(self.init_from != "", "init_from", "name a workdir or an exported model")
         check(self.distill_from is None or len(self.distill_from) > 0, "distill_from", "name at least one teacher")
         check(0 <= self.distill_weight <= 1, "distill_weight", "must be in [0, 1]")
         check(self.distill_temperature > 0, "distill_temperature", "must be positive")

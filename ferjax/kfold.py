@@ -87,9 +87,10 @@ def run_fold(base: Config, overrides: dict, config_index: int, fold: int, folds:
         log.info("%s fold %d: finished before, reading %s", name, fold, metrics_path)
         return runs.read_metrics(metrics_path)
     config = dataclasses.replace(base, **overrides).validate()
-    if config.distill_from:
-        raise ConfigError("--distill_from: not in cross-validation, where a teacher trained on the training split "
-                          "has seen every fold's held-out faces")
+    for flag in ("distill_from", "init_from"):
+        if getattr(config, flag):
+            raise ConfigError(f"--{flag}: not in cross-validation, where a model trained on the training split "
+                              "has seen every fold's held-out faces")
     # limit_train subsets the whole training split before it is divided into folds.
     train_split = data.stratified_subset(dataset.train, config.limit_train, config.seed)
     splits = data.stratified_kfold(train_split.labels, folds, seed=base.seed)

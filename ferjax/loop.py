@@ -114,23 +114,52 @@ def load_teachers(config: Config) -> tuple[tuple[train.TrainState, ...], list[di
     """
     teachers, records = [], []
     for path in config.distill_from or ():
-        try:
-            teacher, meta = inference.load_model(path)
-        except checkpoint.CheckpointError as e:
-            raise checkpoint.CheckpointError(f"--distill_from: {e}") from None
-        teacher_config = Config.from_dict(meta["config"])
+        teacher, meta = _load_model_for(config, "distill_from", path)
         if meta.get("hog_dim"):
             raise ConfigError(f"--distill_from={path}: a HOG model cannot teach (its inputs include HOG vectors)")
-        for flag in ("crop", "standardize"):
-            theirs, ours = getattr(teacher_config, flag), getattr(config, flag)
-            if theirs != ours:
-                raise ConfigError(f"--distill_from={path}: the teacher was trained with --{flag}={theirs}, this run "
-                                  f"has --{flag}={ours}; a teacher must see the student's inputs")
         teachers.append(teacher.replace(tx=None, opt_state=None))
-        # A path can later hold another model (the bundled one is replaced); the fingerprint cannot.
-        records.append({"path": path, "fingerprint": inference.weights_fingerprint(teacher),
-                        "commit": meta.get("commit"), "command": meta.get("command")})
+        records.append(_model_record(path, teacher, meta))
     return tuple(teachers), records
+
+
+def warm_start(state: train.TrainState, config: Config) -> tuple[train.TrainState, dict | None]:
+    """`state` with the --init_from model's parameters and batch statistics copied in (`train.transplant`),
+    and what identifies that model; without --init_from, `state` unchanged and None.
+
+    Raises:
+      CheckpointError: the model cannot be read.
+      ConfigError: a model that saw other inputs (--crop, --standardize), or whose weights do not fit this one.
+    """
+    if not config.init_from:
+        return state, None
+    source, meta = _load_model_for(config, "init_from", config.init_from)
+    try:
+        state, fresh = train.transplant(state, source)
+    except ValueError as e:
+        raise ConfigError(f"--init_from={config.init_from}: {e}") from None
+    log.info("started from %s; initialised afresh: %s", config.init_from, ", ".join(fresh) or "nothing")
+    return state, _model_record(config.init_from, source, meta)
+
+
+def _load_model_for(config: Config, flag: str, path: str) -> tuple[train.TrainState, dict]:
+    """The model at `path`, named by --`flag`, checked to have been trained on this run's inputs."""
+    try:
+        state, meta = inference.load_model(path)
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"--{flag}: {e}") from None
+    saved = Config.from_dict(meta["config"])
+    for input_flag in ("crop", "standardize"):
+        theirs, ours = getattr(saved, input_flag), getattr(config, input_flag)
+        if theirs != ours:
+            raise ConfigError(f"--{flag}={path}: that model was trained with --{input_flag}={theirs}, this run has "
+                              f"--{input_flag}={ours}; it must have seen this run's inputs")
+    return state, meta
+
+
+def _model_record(path: str, state: train.TrainState, meta: dict) -> dict:
+    # A path can later hold another model (the bundled one is replaced); the fingerprint cannot.
+    return {"path": path, "fingerprint": inference.weights_fingerprint(state),
+            "commit": meta.get("commit"), "command": meta.get("command")}
 
 
 def epochs_that_fit(budget_s: float, step_s: float, steps_per_epoch: int, epoch_overhead_s: float,
@@ -301,7 +330,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     teachers = parallel.replicate(teachers, mesh)
 
     init_key, loop_key = jax.random.split(jax.random.key(config.seed))
-    state = parallel.replicate(initial_state(init_key, model, config, inputs), mesh)
+    state, init_record = warm_start(initial_state(init_key, model, config, inputs), config)
+    state = parallel.replicate(state, mesh)
     params = int(sum(p.size for p in jax.tree.leaves(state.params)))
     meta = {
         "config": dataclasses.asdict(config),
@@ -311,6 +341,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         "commit": git_commit(),
         "command": command or " ".join(sys.argv),
         **({"teachers": teacher_records} if teacher_records else {}),
+        **({"init_from": init_record} if init_record else {}),
     }
 
     # Closed on exit: orbax managers left to the garbage collector outlive their asyncio loop.
@@ -399,6 +430,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         "command": meta["command"],
         "config": meta["config"],
         **({"teachers": teacher_records} if teacher_records else {}),
+        **({"init_from": init_record} if init_record else {}),
         "history": history,
     }
     if parallel.is_logging_process():

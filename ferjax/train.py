@@ -159,6 +159,32 @@ def create_train_state(rng: jax.Array, model: nn.Module, config: Config, *, mean
     )
 
 
+def transplant(state: TrainState, source: TrainState) -> tuple[TrainState, list[str]]:
+    """`state` with every parameter and batch statistic of `source` copied in at the same path.
+
+    What `state` holds beyond `source` (a localisation net put in front of a trained trunk) keeps
+    its own values; their paths are returned. The optimizer state is left as it is: a warm start
+    begins a new schedule.
+
+    Raises:
+      ValueError: naming a `source` array that `state` lacks or holds at another shape.
+    """
+    merged, fresh = {}, []
+    for collection in ("params", "batch_stats"):
+        ours = flax.traverse_util.flatten_dict(getattr(state, collection), sep="/")
+        theirs = flax.traverse_util.flatten_dict(getattr(source, collection), sep="/")
+        for path, array in theirs.items():
+            if path not in ours:
+                raise ValueError(f"{collection}/{path} has no place in this model")
+            if array.shape != ours[path].shape:
+                raise ValueError(f"{collection}/{path} has shape {array.shape}, this model's {ours[path].shape}")
+        fresh += [f"{collection}/{path}" for path in ours if path not in theirs]
+        merged[collection] = flax.traverse_util.unflatten_dict(
+            {path: jnp.asarray(theirs.get(path, array), array.dtype) for path, array in ours.items()}, sep="/")
+    averaged = jax.tree.map(jnp.copy, merged) if state.averaged is not None else None
+    return state.replace(**merged, averaged=averaged), sorted(fresh)
+
+
 def model_inputs(state: TrainState, images_BxHxW: jax.Array, per_image_standardize: bool,
                  crop_at: tuple[int, int] | jax.Array | None = None) -> jax.Array:
     """uint8 (or [0, 255] float) faces -> normalised BxHxWx1 model input.

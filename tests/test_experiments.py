@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ferjax import checkpoint, configs, data, evaluate, inference, kfold, loop, models, train
 from ferjax.configs import ConfigError
+from ferjax.models.stn import LOCALIZATION_NET
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,6 +203,53 @@ def test_a_run_learns_from_teachers_that_see_its_inputs(trained, small_fer2013, 
         loop.load_teachers(configs.tiny_config(distill_from=(teacher_dir, "")))  # --distill_from=a,
 
 
+def _trunk_of(workdir: str, path: str) -> str:
+    """Exports the trunk and head of the attention model in `workdir` as a plain `_tiny_cnn` at `path`."""
+    state, meta = checkpoint.load(workdir)
+    state = state.replace(params={k: v for k, v in state.params.items() if k != LOCALIZATION_NET},
+                          batch_stats={k: v for k, v in state.batch_stats.items() if k != LOCALIZATION_NET})
+    inference.export_model(state, {**meta, "config": {**meta["config"], "model": "_tiny_cnn"}}, path, np.float32)
+    return path
+
+
+def test_an_attention_model_starts_from_a_trained_cnn_and_predicts_as_it_does(trained, small_fer2013, tmp_path):
+    cnn_path = _trunk_of(trained[0], str(tmp_path / "cnn"))
+    cnn, cnn_meta = inference.load_model(cnn_path)
+    config = configs.tiny_config(model="_tiny_stn_deep", init_from=cnn_path)
+    fresh = train.create_train_state(jax.random.key(1), models.create("_tiny_stn_deep"), config,
+                                     mean_image=np.asarray(cnn.mean_image), steps_per_epoch=1)
+    started, record = loop.warm_start(fresh, config)
+    assert record == {"path": cnn_path, "fingerprint": inference.weights_fingerprint(cnn),
+                      "commit": cnn_meta["commit"], "command": cnn_meta["command"]}
+    for a, b in zip(jax.tree.leaves(started.params["convs"]), jax.tree.leaves(cnn.params["convs"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(started.params[LOCALIZATION_NET]),
+                    jax.tree.leaves(fresh.params[LOCALIZATION_NET]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The localisation net starts at the identity warp, so the warm-started model computes what the CNN does.
+    batch = {"image": small_fer2013.val.images[:32]}
+    np.testing.assert_allclose(train.predict_logits(started, batch), train.predict_logits(cnn, batch), atol=1e-4)
+
+    metrics = loop.train_and_evaluate(config, str(tmp_path / "run"), dataset=small_fer2013, log_every_steps=5)
+    assert metrics["init_from"] == record and metrics["config"]["init_from"] == cnn_path
+
+    with pytest.raises(ConfigError, match=rf"--init_from={trained[0]}: params/stn_loc/.* has no place in this model"):
+        loop.warm_start(train.create_train_state(jax.random.key(1), models.create("_tiny_cnn"), config,
+                                                 mean_image=np.zeros((48, 48)), steps_per_epoch=1),
+                        configs.tiny_config(init_from=trained[0]))
+    with pytest.raises(ConfigError, match=rf"--init_from={cnn_path}: params/convs/bn1_1/bias has shape "
+                                          r"\(4,\), this model's \(6,\)"):
+        wider = configs.tiny_config(widths=(6, 8), init_from=cnn_path)
+        loop.warm_start(train.create_train_state(jax.random.key(1), models.create("_tiny_cnn", widths=(6, 8)), wider,
+                                                 mean_image=np.zeros((48, 48)), steps_per_epoch=1), wider)
+    with pytest.raises(ConfigError, match=r"--init_from=.*trained with --crop=0, this run has --crop=40"):
+        loop.warm_start(fresh, configs.tiny_config(crop=40, init_from=cnn_path))
+    with pytest.raises(checkpoint.CheckpointError, match="--init_from: /no/such/run: no such checkpoint"):
+        loop.warm_start(fresh, configs.tiny_config(init_from="/no/such/run"))
+    with pytest.raises(ConfigError, match="--init_from='': name a workdir"):
+        configs.tiny_config(init_from="")
+
+
 def test_a_hog_model_cannot_teach(trained, monkeypatch):
     teacher_dir, _, _ = trained
     state, meta = inference.load_model(teacher_dir)
@@ -309,6 +357,8 @@ def test_kfold_search_and_resumability(small_fer2013, tmp_path):
         kfold.parse_grid("learning_rate=fast")
     with pytest.raises(ConfigError, match="--distill_from: not in cross-validation"):
         kfold.run_fold(configs.tiny_config(distill_from=("runs/a",)), {}, 0, 0, 2, small_fer2013, str(tmp_path / "kd"))
+    with pytest.raises(ConfigError, match="--init_from: not in cross-validation"):
+        kfold.run_fold(configs.tiny_config(init_from="runs/a"), {}, 0, 0, 2, small_fer2013, str(tmp_path / "kd"))
 
 
 @pytest.mark.parametrize("args,message", [
