@@ -64,7 +64,7 @@ def main(argv):
         return 1
     card = {key: metrics[key] for key in ("model", "params", "epochs", "best_epoch", "val_accuracy", "test_accuracy",
                                           "test_accuracy_flip_tta", "test_accuracy_tencrop_tta", "wall_time_s",
-                                          "device", "commit", "command", "teachers") if key in metrics}
+                                          "device", "commit", "command", "init_from", "teachers") if key in metrics}
     print(f"checkpoint: val {card['val_accuracy']:.4f} test {card['test_accuracy']:.4f}")
     candidates = _exported_candidates(state, meta, dataset)
     try:
