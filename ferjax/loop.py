@@ -330,19 +330,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     teachers = parallel.replicate(teachers, mesh)
 
     init_key, loop_key = jax.random.split(jax.random.key(config.seed))
-    state, init_record = warm_start(initial_state(init_key, model, config, inputs), config)
-    state = parallel.replicate(state, mesh)
+    state = initial_state(init_key, model, config, inputs)
     params = int(sum(p.size for p in jax.tree.leaves(state.params)))
-    meta = {
-        "config": dataclasses.asdict(config),
-        "class_names": list(data.CLASS_NAMES),
-        "image_size": data.IMAGE_SIZE,
-        "hog_dim": inputs.hog_dim,
-        "commit": git_commit(),
-        "command": command or " ".join(sys.argv),
-        **({"teachers": teacher_records} if teacher_records else {}),
-        **({"init_from": init_record} if init_record else {}),
-    }
 
     # Closed on exit: orbax managers left to the garbage collector outlive their asyncio loop.
     with (checkpoint.manager(os.path.join(workdir, "checkpoints", "latest")) as latest,
@@ -350,13 +339,30 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         history_path = os.path.join(workdir, "history.csv")
         history = []
         if resume and latest.latest_step() is not None:
-            state, changed = checkpoint.resume(latest, state, config)
+            state, changed = checkpoint.resume(latest, parallel.replicate(state, mesh), config)
             if changed:
                 log.warning("resuming with flags changed since the last checkpoint: %s", ", ".join(changed))
+            # The --init_from weights were copied in when the run began; the checkpoint holds what became of them.
+            init_record = checkpoint.read_meta(latest, latest.latest_step()).get("init_from")
             history = [h for h in _read_history(history_path) if h["step"] <= int(state.step)]
             log.info("resumed from %s at step %d", latest.directory, int(state.step))
         elif latest.latest_step() is not None:
             raise ConfigError(f"--workdir={workdir}: holds checkpoints already; pass --resume or choose a new workdir")
+        else:
+            state, init_record = warm_start(state, config)
+            state = parallel.replicate(state, mesh)
+        # Which models this run learnt from: in every checkpoint, metrics.json and exported card.
+        lineage = {**({"teachers": teacher_records} if teacher_records else {}),
+                   **({"init_from": init_record} if init_record else {})}
+        meta = {
+            "config": dataclasses.asdict(config),
+            "class_names": list(data.CLASS_NAMES),
+            "image_size": data.IMAGE_SIZE,
+            "hog_dim": inputs.hog_dim,
+            "commit": git_commit(),
+            "command": command or " ".join(sys.argv),
+            **lineage,
+        }
 
         train_fn = jit_train_step(config, mesh)
         evaluators = jit_eval_steps(config, mesh)
@@ -429,8 +435,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         "commit": meta["commit"],
         "command": meta["command"],
         "config": meta["config"],
-        **({"teachers": teacher_records} if teacher_records else {}),
-        **({"init_from": init_record} if init_record else {}),
+        **lineage,
         "history": history,
     }
     if parallel.is_logging_process():

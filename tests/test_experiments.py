@@ -1,5 +1,6 @@
 """End to end on a few hundred real faces: train, resume, evaluate, k-fold, and the scripts' errors."""
 
+import dataclasses
 import functools
 import glob
 import json
@@ -232,6 +233,12 @@ def test_an_attention_model_starts_from_a_trained_cnn_and_predicts_as_it_does(tr
 
     metrics = loop.train_and_evaluate(config, str(tmp_path / "run"), dataset=small_fer2013, log_every_steps=5)
     assert metrics["init_from"] == record and metrics["config"]["init_from"] == cnn_path
+    # Resuming reads the record from the checkpoint: the starting model need not be there any more.
+    os.rename(cnn_path + ".msgpack", cnn_path + ".moved")
+    resumed = loop.train_and_evaluate(dataclasses.replace(config, epochs=2), str(tmp_path / "run"),
+                                      dataset=small_fer2013, log_every_steps=5, resume=True)
+    assert resumed["init_from"] == record and len(resumed["history"]) == 2
+    os.rename(cnn_path + ".moved", cnn_path + ".msgpack")
 
     with pytest.raises(ConfigError, match=rf"--init_from={trained[0]}: params/stn_loc/.* has no place in this model"):
         loop.warm_start(train.create_train_state(jax.random.key(1), models.create("_tiny_cnn"), config,
