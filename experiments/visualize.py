@@ -6,7 +6,9 @@ Writes feature maps of every conv layer, first-layer filters, the spatial transf
 beside its warped face (attention models) and per-class gradient saliency maps as PNGs. For
 attention models also attention.json: how theta warps every face of the split, how many units
 of the localisation net are live, and the split's accuracy and loss with theta's translation moved
-by each of --translation_offsets pixels along x and along y (translation_profile).
+by each of --translation_offsets pixels along x and along y (translation_profile). For every model
+tilt_profile.json: the split's accuracy and loss with each face turned by each of --tilt_degrees, and
+for attention models the rotation their theta answers with (tilt_profile).
 """
 
 import json
@@ -25,6 +27,8 @@ flags.DEFINE_enum("split", "val", data.SPLITS, "which split the example faces co
 flags.DEFINE_integer("faces_per_class", 2, "example faces per class", lower_bound=1)
 flags.DEFINE_list("translation_offsets", [str(o) for o in visualize.QUARTER_PIXEL_OFFSETS],
                   "attention models: pixels by which theta's translation is moved to score the split; empty: none")
+flags.DEFINE_list("tilt_degrees", [f"{d:g}" for d in visualize.TILT_DEGREES],
+                  "degrees by which every face of the split is turned to score it (tilt_profile); empty: none")
 flags.DEFINE_string("output", None, "output folder (default: <workdir>/visualize; for an exported model "
                     "<name>_visualize in the working directory)")
 FLAGS = flags.FLAGS
@@ -35,12 +39,14 @@ def main(argv):
     if not FLAGS.workdir:
         print("error: pass --workdir=DIR (a training workdir, checkpoint folder or exported model)", file=sys.stderr)
         return 1
-    try:
-        offsets_px = [float(o) for o in FLAGS.translation_offsets]
-    except ValueError:
-        print(f"error: --translation_offsets={','.join(FLAGS.translation_offsets)}: not a list of numbers",
-              file=sys.stderr)
-        return 1
+    numbers = {}
+    for flag in ("translation_offsets", "tilt_degrees"):
+        try:
+            numbers[flag] = [float(value) for value in FLAGS[flag].value]
+        except ValueError:
+            print(f"error: --{flag}={','.join(FLAGS[flag].value)}: not a list of numbers", file=sys.stderr)
+            return 1
+    offsets_px = numbers["translation_offsets"]
     try:
         state, meta = inference.load_model(FLAGS.workdir)
         split = data.load(FLAGS.data_dir).split(FLAGS.split)
@@ -76,6 +82,20 @@ def main(argv):
         print(f"wrote {path}: over {stats['faces']} {FLAGS.split} faces, "
               f"area scale {area['min']:.3f}-{area['max']:.3f}, shift std {shift[0]:.2f} / {shift[1]:.2f} px (x / y), "
               f"{stats['live_units']}/{stats['units']} live localisation units")
+    if numbers["tilt_degrees"]:
+        profile = visualize.tilt_profile(state, split, config["standardize"], hog_of if meta.get("hog_dim") else None,
+                                         numbers["tilt_degrees"])
+        for i, angle in enumerate(profile["degrees"]):
+            answer = ""
+            if "theta_degrees" in profile:
+                mean, std = profile["theta_degrees"]["mean"][i], profile["theta_degrees"]["std"][i]
+                answer = f", theta turns them by {mean:+.1f} ± {std:.1f} degrees"
+            print(f"{FLAGS.split} faces turned by {angle:+g} degrees: accuracy {100 * profile['accuracy'][i]:.2f}%"
+                  + answer)
+        path = os.path.join(output, "tilt_profile.json")
+        with open(path, "w") as f:
+            json.dump({"split": FLAGS.split, **profile}, f, indent=2)
+        print(f"wrote {path}")
     return 0
 
 

@@ -115,6 +115,15 @@ class Augment:
         return bool(self.shift or self.rotate or self.scale)
 
 
+def affine_theta(angle_B: jax.Array, zoom_B: jax.Array, shift_px_Bx2: jax.Array, size: int) -> jax.Array:
+    """Transforms (output -> input, normalised coordinates) that rotate by angle_B (radians), zoom by zoom_B
+    and shift by shift_px_Bx2 ((x, y) pixels of a size x size image), Bx2x3."""
+    cos_B, sin_B = jnp.cos(angle_B) / zoom_B, jnp.sin(angle_B) / zoom_B
+    # A shift of one pixel is 2 / size in normalised coordinates.
+    tx_B, ty_B = (2.0 / size) * shift_px_Bx2[:, 0], (2.0 / size) * shift_px_Bx2[:, 1]
+    return jnp.stack([jnp.stack([cos_B, -sin_B, tx_B], -1), jnp.stack([sin_B, cos_B, ty_B], -1)], -2)
+
+
 def random_theta(rng: jax.Array, batch: int, size: int, aug: Augment) -> jax.Array:
     """Random affine transforms (output -> input, normalised coordinates), Bx2x3."""
     k_shift, k_rot, k_scale = jax.random.split(rng, 3)
@@ -124,10 +133,21 @@ def random_theta(rng: jax.Array, batch: int, size: int, aug: Augment) -> jax.Arr
         shift_Bx2 = jax.random.randint(k_shift, (batch, 2), -aug.shift, aug.shift + 1).astype(jnp.float32)
     angle_B = jnp.deg2rad(jax.random.uniform(k_rot, (batch,), minval=-aug.rotate, maxval=aug.rotate))
     zoom_B = jax.random.uniform(k_scale, (batch,), minval=1 - aug.scale, maxval=1 + aug.scale)
-    cos_B, sin_B = jnp.cos(angle_B) / zoom_B, jnp.sin(angle_B) / zoom_B
-    # A shift of one pixel is 2 / size in normalised coordinates.
-    tx_B, ty_B = (2.0 / size) * shift_Bx2[:, 0], (2.0 / size) * shift_Bx2[:, 1]
-    return jnp.stack([jnp.stack([cos_B, -sin_B, tx_B], -1), jnp.stack([sin_B, cos_B, ty_B], -1)], -2)
+    return affine_theta(angle_B, zoom_B, shift_Bx2, size)
+
+
+def rotate(images_BxHxW: np.ndarray, degrees: float) -> np.ndarray:
+    """Every face turned by `degrees` about its centre, as `--rotate` turns it (zero fill), rounded to uint8.
+
+    Positive angles sample each output pixel from the input point `degrees` further round from x
+    towards y, which on screen (y down) turns the face anticlockwise. A spatial transformer that undoes
+    the tilt answers with a theta of angle -`degrees`.
+    """
+    batch, height, _ = images_BxHxW.shape
+    angle_B = jnp.full((batch,), np.deg2rad(degrees))
+    theta_Bx2x3 = affine_theta(angle_B, jnp.ones((batch,)), jnp.zeros((batch, 2)), height)
+    turned = spatial.warp(jnp.asarray(images_BxHxW, jnp.float32)[..., None], theta_Bx2x3)[..., 0]
+    return np.asarray(jnp.clip(jnp.round(turned), 0, 255)).astype(np.uint8)
 
 
 def erase_mask(rng: jax.Array, batch: int, height: int, width: int, prob: float) -> jax.Array:

@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ferjax import data, evaluate, plots, train
+from ferjax import data, evaluate, plots, preprocess, train
 from ferjax.models.stn import LOCALIZATION_NET
 
 # Where translation_profile moves theta by default: quarter-pixel steps to one pixel either way.
 QUARTER_PIXEL_OFFSETS = tuple(k / 4 for k in range(-4, 5))
+# The tilts tilt_profile turns faces by by default: as far as a detector's crop of a tilted head goes.
+TILT_DEGREES = (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0)
 
 
 def faces_per_class(split: data.Split, count: int, seed: int = 0) -> data.Split:
@@ -135,6 +137,43 @@ def translation_profile(state: train.TrainState, split: data.Split, standardize:
             accuracy.append(float(np.mean(probs_NxK.argmax(-1) == split.labels)))
             loss.append(float(-np.mean(np.log(probs_NxK[np.arange(len(split)), split.labels]))))
         profile[name] = {"accuracy": accuracy, "loss": loss}
+    return profile
+
+
+def _theta_degrees(state: train.TrainState, images_NxHxW, standardize: bool, hog, batch_size: int) -> np.ndarray:
+    """The rotation angle of each face's theta, in degrees (atan2 of its first column)."""
+    angles = []
+    for start in range(0, len(images_NxHxW), batch_size):
+        chunk = slice(start, start + batch_size)
+        _, aux = _apply(state, images_NxHxW[chunk], standardize, None if hog is None else hog[chunk])
+        theta_Bx2x3 = np.asarray(aux["theta"], np.float64)
+        angles.append(np.degrees(np.arctan2(theta_Bx2x3[:, 1, 0], theta_Bx2x3[:, 0, 0])))
+    return np.concatenate(angles)
+
+
+def tilt_profile(state: train.TrainState, split: data.Split, standardize: bool = False, hog_of=None,
+                 degrees=TILT_DEGREES, batch_size: int = 500) -> dict:
+    """Accuracy and mean cross-entropy of `split` with every face turned by each angle (`preprocess.rotate`).
+
+    For a model with attention also the rotation its theta answers with, mean and standard deviation over
+    the faces in degrees: a transformer that undoes tilt answers -angle (a slope of -1 against the tilt),
+    one blind to it the same angle whatever the tilt. `hog_of(images)` gives a HOG model its features
+    of the turned faces.
+    """
+    profile = {"faces": len(split), "degrees": [float(d) for d in degrees], "accuracy": [], "loss": []}
+    if has_attention(state):
+        profile["theta_degrees"] = {"mean": [], "std": []}
+    for angle in degrees:
+        turned = data.Split(preprocess.rotate(split.images, angle), split.labels, split.sources)
+        hog = None if hog_of is None else hog_of(turned.images)
+        probs_NxK = evaluate.predict_split(state, turned, batch_size, standardize=standardize,
+                                           extra=None if hog is None else {"hog": hog})
+        profile["accuracy"].append(float(np.mean(probs_NxK.argmax(-1) == split.labels)))
+        profile["loss"].append(float(-np.mean(np.log(probs_NxK[np.arange(len(split)), split.labels]))))
+        if has_attention(state):
+            answer_N = _theta_degrees(state, turned.images, standardize, hog, batch_size)
+            profile["theta_degrees"]["mean"].append(float(answer_N.mean()))
+            profile["theta_degrees"]["std"].append(float(answer_N.std()))
     return profile
 
 

@@ -474,12 +474,43 @@ def test_translation_profile_scores_the_faces_the_moved_sampler_sees(small_fer20
     assert visualize.translation_profile(cnn_state, faces) is None
 
 
+def test_tilt_profile_scores_the_turned_faces_and_reads_the_rotation_theta_answers_with(small_fer2013):
+    from ferjax import preprocess, visualize
+
+    config = configs.tiny_config(model="stn")
+    state = train.create_train_state(jax.random.key(0), models.create("stn"), config, steps_per_epoch=1,
+                                     mean_image=preprocess.training_mean(small_fer2013.train.images))
+    # theta's kernel starts at zero, so its bias, here a 15-degree rotation, is every face's theta.
+    angle = np.deg2rad(15)
+    loc = state.params["stn_loc"]
+    bias = jnp.array([np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle), 0.0])
+    state = state.replace(params={**state.params, "stn_loc": {**loc, "theta": {**loc["theta"], "bias": bias}}})
+    faces = small_fer2013.val
+    profile = visualize.tilt_profile(state, faces, degrees=(0.0, 90.0), batch_size=40)
+
+    assert profile["faces"] == len(faces) and profile["degrees"] == [0.0, 90.0]
+    np.testing.assert_allclose(profile["theta_degrees"]["mean"], [15, 15], rtol=1e-5)
+    np.testing.assert_allclose(profile["theta_degrees"]["std"], [0, 0], atol=1e-4)
+    for i, images in enumerate([faces.images, np.rot90(faces.images, 1, axes=(1, 2))]):
+        batch = {"image": images, "label": faces.labels, "mask": np.ones(len(faces), np.float32)}
+        sums = train.eval_step(state, batch)
+        assert profile["accuracy"][i] == pytest.approx(float(sums["correct"]) / len(faces), abs=1 / len(faces))
+        assert profile["loss"][i] == pytest.approx(float(sums["loss_sum"]) / len(faces), rel=1e-4)
+    assert profile["loss"][1] != pytest.approx(profile["loss"][0], rel=1e-4)  # the turn is seen
+
+    plain = configs.tiny_config()
+    cnn_state = train.create_train_state(jax.random.key(0), models.create(plain.model, **plain.model_kwargs()),
+                                         plain, steps_per_epoch=1, mean_image=state.mean_image)
+    cnn_profile = visualize.tilt_profile(cnn_state, faces, degrees=(-10.0,))
+    assert len(cnn_profile["accuracy"]) == 1 and "theta_degrees" not in cnn_profile
+
+
 def test_visualize_script_writes_attention_statistics_of_the_whole_split(trained, fer2013, fer2013_dir, tmp_path):
     workdir, _, _ = trained
     exported = str(tmp_path / "exported")
     inference.export_model(*checkpoint.load(workdir), exported)
     result = subprocess.run([sys.executable, "-m", "experiments.visualize", f"--workdir={exported}",
-                             "--faces_per_class=1", "--translation_offsets=0,0.5"],
+                             "--faces_per_class=1", "--translation_offsets=0,0.5", "--tilt_degrees=0,-20"],
                             cwd=tmp_path, capture_output=True, text=True, env=_script_env(fer2013_dir), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     output = tmp_path / "exported_visualize"  # by default, named after the exported model
@@ -493,14 +524,19 @@ def test_visualize_script_writes_attention_statistics_of_the_whole_split(trained
     assert profile["offsets_px"] == [0.0, 0.5] and profile["faces"] == len(fer2013.val)
     assert all(len(profile[axis][score]) == 2 for axis in "xy" for score in ("accuracy", "loss"))
     assert profile["x"]["accuracy"][0] == profile["y"]["accuracy"][0]  # both unmoved at 0
+    with open(output / "tilt_profile.json") as f:
+        tilt = json.load(f)
+    assert tilt["degrees"] == [0.0, -20.0] and tilt["accuracy"][0] == profile["x"]["accuracy"][0]  # unturned
+    assert len(tilt["theta_degrees"]["mean"]) == 2 and "faces turned by -20 degrees" in result.stdout
 
 
-def test_visualize_script_rejects_bad_offsets_in_one_line(tmp_path, fer2013_dir):
+@pytest.mark.parametrize("flag", ["translation_offsets", "tilt_degrees"])
+def test_visualize_script_rejects_bad_numbers_in_one_line(flag, tmp_path, fer2013_dir):
     result = subprocess.run([sys.executable, "-m", "experiments.visualize", f"--workdir={tmp_path}",
-                             "--translation_offsets=0,half"],
+                             f"--{flag}=0,half"],
                             cwd=REPO, capture_output=True, text=True, env=_script_env(fer2013_dir), timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == "error: --translation_offsets=0,half: not a list of numbers"
+    assert result.stderr.strip().splitlines()[-1] == f"error: --{flag}=0,half: not a list of numbers"
     assert "Traceback" not in result.stderr
 
 
