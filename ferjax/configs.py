@@ -74,6 +74,8 @@ class Config:
     distill_weight: float = 0.5  # weight of the teachers' term in the loss; the labels' cross-entropy keeps 1 - weight
     distill_temperature: float = 2.0  # softmax temperature of teachers and student in the teachers' term
     distill_flip: bool = False  # the teachers' targets average each view and its mirror image (flip TTA)
+    # Attention.
+    align_weight: float = 0.0  # weight of a loss pulling theta's rotation and zoom to undo the augmentation's
 
     def model_kwargs(self) -> dict:
         """Fields of the model constructor that this config overrides."""
@@ -142,9 +144,14 @@ class Config:
         check(self.class_weighting in CLASS_WEIGHTINGS, "class_weighting",
               f"choose one of {', '.join(CLASS_WEIGHTINGS)}")
         try:
-            models.create(self.model, **self.model_kwargs())
+            model = models.create(self.model, **self.model_kwargs())
         except ValueError as e:
             raise ConfigError(f"--model={self.model}: {e}") from None
+        check(self.align_weight >= 0, "align_weight", "must be >= 0")
+        check(not self.align_weight or models.has_attention(model), "align_weight",
+              "needs a model with a spatial transformer (stn, stn_deep)")
+        check(not self.align_weight or self.rotate or self.scale, "align_weight",
+              "needs --rotate or --scale: their turns and zooms are what the transformer learns to undo")
         return self
 
     def to_json(self) -> str:

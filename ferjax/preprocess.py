@@ -198,18 +198,19 @@ def zoomed_ten_crop(images_BxHxW: jax.Array, size: int) -> list[jax.Array]:
     return [jax.image.resize(c, (c.shape[0], height, width), "linear") for c in crops]
 
 
-def augment(rng: jax.Array, x_BxHxW: jax.Array, aug: Augment) -> tuple[jax.Array, jax.Array]:
+def augment(rng: jax.Array, x_BxHxW: jax.Array, aug: Augment) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Geometric augmentation of [0, 1] faces, jit-compatible.
 
     Returns:
-      (augmented faces, flipped_B): which images were mirrored, so that features computed
-      on the host (HOG) can follow the flip.
+      (augmented faces, flipped_B, theta_Bx2x3): which images were mirrored, so that features computed
+      on the host (HOG) can follow the flip, and the warp each was sampled through after the flip (the
+      identity without shift, rotation or zoom), which `--align_weight` teaches a spatial transformer to undo.
     """
     batch, height, width = x_BxHxW.shape
     k_flip, k_warp = jax.random.split(rng)
     flipped_B = jax.random.bernoulli(k_flip, 0.5, (batch,)) if aug.flip else jnp.zeros((batch,), bool)
     x_BxHxW = jnp.where(flipped_B[:, None, None], x_BxHxW[:, :, ::-1], x_BxHxW)
-    if aug.warps:
-        theta_Bx2x3 = random_theta(k_warp, batch, height, aug)
-        x_BxHxW = spatial.warp(x_BxHxW[..., None], theta_Bx2x3)[..., 0]
-    return x_BxHxW, flipped_B
+    if not aug.warps:
+        return x_BxHxW, flipped_B, jnp.broadcast_to(jnp.eye(2, 3), (batch, 2, 3))
+    theta_Bx2x3 = random_theta(k_warp, batch, height, aug)
+    return spatial.warp(x_BxHxW[..., None], theta_Bx2x3)[..., 0], flipped_B, theta_Bx2x3

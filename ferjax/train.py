@@ -251,6 +251,19 @@ def distillation_loss(logits_BxK, teacher_probs_BxK, weights_B, temperature: flo
     return temperature**2 * jnp.sum(per_sample * weights_B) / jnp.maximum(jnp.sum(weights_B), 1e-9)
 
 
+def alignment_loss(theta_Bx2x3, applied_Bx2x3, weights_B) -> jax.Array:
+    """Squared distance of theta's linear part from the inverse of the augmentation's, the weighted mean.
+
+    The augmentation turned and zoomed each face by applied_Bx2x3's linear part; a transformer that
+    undoes it samples through the inverse. Translations are left out: the random crop moves the
+    centre they turn about. In normalised coordinates the linear part is the same for the 48x48 face
+    and any square window of it.
+    """
+    target_Bx2x2 = jnp.linalg.inv(applied_Bx2x3[:, :, :2])
+    per_sample = jnp.sum((theta_Bx2x3[:, :, :2] - target_Bx2x2) ** 2, axis=(1, 2))
+    return jnp.sum(per_sample * weights_B) / jnp.maximum(jnp.sum(weights_B), 1e-9)
+
+
 def teacher_probs(teachers: Sequence[TrainState], faces_BxHxW: jax.Array, crop_at, erased_BxHxW: jax.Array | None,
                   config: Config) -> jax.Array:
     """The teachers' mean temperature-softened class probabilities on the student's augmented view.
@@ -278,13 +291,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
 
     Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). With `teachers` (evaluation
     states, from `loop.load_teachers`), the cross-entropy weighs 1 - config.distill_weight and
-    `distillation_loss` against their mean prediction the rest. With config.ema, the new weights
+    `distillation_loss` against their mean prediction the rest. config.align_weight adds that times
+    `alignment_loss` of the spatial transformer's theta. With config.ema, the new weights
     also join their moving average. Returns the new state and device-scalar metrics (loss,
     cross_entropy, accuracy, learning_rate).
     """
     k_aug, k_crop, k_erase, k_dropout = jax.random.split(rng, 4)
     aug = _augment_config(config)
-    faces, flipped_B = preprocess.augment(k_aug, batch["image"].astype(jnp.float32), aug)
+    faces, flipped_B, applied_Bx2x3 = preprocess.augment(k_aug, batch["image"].astype(jnp.float32), aug)
     crop_at = preprocess.random_crop_offsets(k_crop, *faces.shape, state.crop) if state.crop else None
     window_hw = (state.crop, state.crop) if state.crop else faces.shape[1:]
     erased = preprocess.erase_mask(k_erase, faces.shape[0], *window_hw, aug.erase) if aug.erase else None
@@ -293,7 +307,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     targets = teacher_probs(teachers, faces, crop_at, erased, config) if teachers else None
 
     def loss_fn(params):
-        (logits, _), updates = state.apply_fn(
+        (logits, aux), updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, x, train=True,
             rngs={"dropout": k_dropout}, mutable=["batch_stats"], **_hog_input(batch, flipped_B))
         ce = weighted_cross_entropy(logits, batch["label"], weights_B, config.label_smoothing)
@@ -301,6 +315,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
         if targets is not None:
             distilled = distillation_loss(logits, targets, weights_B, config.distill_temperature)
             data_loss = (1 - config.distill_weight) * ce + config.distill_weight * distilled
+        if config.align_weight:
+            data_loss += config.align_weight * alignment_loss(aux["theta"], applied_Bx2x3, weights_B)
         return data_loss + config.l2 * l2_penalty(params), (ce, logits, updates)
 
     (loss, (ce, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

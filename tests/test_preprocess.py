@@ -68,14 +68,15 @@ def _faces(batch=16):
 
 def test_no_augmentation_is_identity():
     faces = _faces()
-    out, flipped = preprocess.augment(jax.random.key(1), faces, preprocess.Augment(flip=False))
+    out, flipped, theta = preprocess.augment(jax.random.key(1), faces, preprocess.Augment(flip=False))
     np.testing.assert_array_equal(out, faces)
     assert not flipped.any()
+    np.testing.assert_array_equal(theta, np.broadcast_to(np.eye(2, 3), (16, 2, 3)))
 
 
 def test_flip_mirrors_exactly_the_reported_images():
     faces = _faces()
-    out, flipped = jax.jit(preprocess.augment, static_argnums=2)(jax.random.key(2), faces, preprocess.Augment())
+    out, flipped, _ = jax.jit(preprocess.augment, static_argnums=2)(jax.random.key(2), faces, preprocess.Augment())
     flipped = np.asarray(flipped)
     assert 0 < flipped.sum() < len(flipped)
     np.testing.assert_array_equal(np.asarray(out)[flipped], np.asarray(faces)[flipped][:, :, ::-1])
@@ -108,9 +109,13 @@ def test_subpixel_shift_moves_by_fractions_of_a_pixel_within_the_bound():
 
 def test_rotation_and_scale_keep_the_centre_and_change_the_rest():
     faces = _faces(8)
-    out = preprocess.augment(jax.random.key(4), faces, preprocess.Augment(flip=False, rotate=15, scale=0.1))[0]
+    out, _, theta = preprocess.augment(jax.random.key(4), faces, preprocess.Augment(flip=False, rotate=15, scale=0.1))
     assert out.shape == faces.shape and np.isfinite(np.asarray(out)).all()
     assert float(jnp.abs(out - faces).mean()) > 0.05
+    # The reported warp is the one each face went through.
+    np.testing.assert_allclose(out, spatial.warp(faces[..., None], theta)[..., 0], atol=1e-6)
+    degrees = np.degrees(np.arctan2(theta[:, 1, 0], theta[:, 0, 0]))
+    assert np.abs(degrees).max() <= 15 and degrees.std() > 3
 
 
 def test_rotate_turns_faces_about_their_centre_and_theta_of_the_opposite_angle_undoes_it():

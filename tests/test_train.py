@@ -254,6 +254,46 @@ def test_flip_distillation_averages_the_teachers_flip_tta(small_fer2013):
         configs.tiny_config(distill_flip=True)
 
 
+def test_alignment_loss_by_hand():
+    quarter_turn = jnp.array([[0.0, -1.0, 0.3], [1.0, 0.0, -0.2]])  # the augmentation's +90 degrees
+    applied = jnp.stack([quarter_turn, quarter_turn])
+    undone = jnp.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # -90 degrees; translations play no part
+    identity = jnp.eye(2, 3)
+    weights = jnp.array([1.0, 3.0])
+    assert float(train.alignment_loss(jnp.stack([undone, undone]), applied, weights)) == pytest.approx(0, abs=1e-7)
+    # The identity is 1 away from -90 degrees in each of the four entries: 4 for the face that keeps it.
+    loss = train.alignment_loss(jnp.stack([undone, identity]), applied, weights)
+    assert float(loss) == pytest.approx(3 * 4 / 4, rel=1e-6)
+
+
+def test_train_step_adds_the_weighted_alignment_loss_of_the_warps_it_applied(small_fer2013):
+    batch = _batch(small_fer2013.train, 16)
+    batch["mask"] = (np.arange(16) < 12).astype(np.float32)  # the last four faces count for nothing
+    rng = jax.random.key(0)
+
+    def loss(config):
+        state = _state(config, small_fer2013.train)
+        return float(jax.jit(functools.partial(train.train_step, config=config))(state, batch, rng)[1]["loss"])
+
+    plain = configs.tiny_config(model="_tiny_stn_deep", rotate=30, scale=0.2)
+    aligned = dataclasses.replace(plain, align_weight=2.0).validate()
+    # A fresh localisation net answers the identity for every face; the step's augmentation key is the first of four.
+    _, _, applied = preprocess.augment(jax.random.split(rng, 4)[0], batch["image"].astype(jnp.float32),
+                                       train._augment_config(plain))
+    expected = train.alignment_loss(jnp.broadcast_to(jnp.eye(2, 3), applied.shape), applied, batch["mask"])
+    assert float(expected) > 0.01
+    assert loss(aligned) - loss(plain) == pytest.approx(2.0 * float(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"model": "_tiny_cnn", "rotate": 10}, "needs a model with a spatial transformer"),
+    ({"model": "_tiny_stn_deep"}, "needs --rotate or --scale"),
+])
+def test_alignment_needs_attention_and_a_warp_to_undo(fields, message):
+    with pytest.raises(configs.ConfigError, match=f"--align_weight=1.0: {message}"):
+        configs.tiny_config(align_weight=1.0, **fields)
+
+
 def test_bfloat16_computation_keeps_float32_parameters(small_fer2013):
     config = configs.tiny_config(model="_tiny_stn_deep", dtype="bfloat16")
     state = _state(config, small_fer2013.train)

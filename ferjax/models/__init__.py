@@ -48,6 +48,11 @@ def create(name: str, **config) -> nn.Module:
         raise ValueError(f"bad config for model {name!r}: {e}") from None
 
 
+def has_attention(model: nn.Module) -> bool:
+    """Whether `model` puts a spatial transformer in front of its trunk (and returns aux['theta'])."""
+    return isinstance(model, DeepEmotion) or bool(getattr(model, "attention", False))
+
+
 def count_params(params) -> int:
     return int(sum(p.size for p in jax.tree.leaves(params)))
 
