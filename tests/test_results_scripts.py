@@ -93,3 +93,39 @@ def test_time_to_accuracy_plots_runs_and_rejects_a_foreign_file(tmp_path, capsys
     assert time_to_accuracy.main([path, str(evaluation), f"--output={output}"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(evaluation) in err and "no model" in err
+
+
+tilt_table = _script("tilt_table")
+
+
+def _profile(folder, accuracy, answers=None, degrees=(-10.0, 0.0, 10.0)):
+    profile = {"split": "val", "faces": 10, "degrees": list(degrees), "accuracy": accuracy, "loss": [1.0] * 3}
+    if answers:
+        profile["theta_degrees"] = {"mean": answers, "std": [0.0] * 3}
+    folder.mkdir()
+    path = folder / "tilt_profile.json"
+    path.write_text(json.dumps(profile))
+    return str(path)
+
+
+def test_tilt_table_puts_each_runs_accuracy_and_attention_answer_under_its_angle(tmp_path, capsys):
+    cnn = _profile(tmp_path / "cnn_run", [0.5, 0.7, 0.55])
+    stn = _profile(tmp_path / "stn_run", [0.6, 0.68, 0.61], answers=[4.0, 0.0, -4.25])
+    assert tilt_table.main([cnn, stn]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| run (val accuracy %, theta's mean answer) | -10° | +0° | +10° |"
+    assert lines[2] == "| cnn_run | 50.00 | 70.00 | 55.00 |"
+    assert lines[3] == "| stn_run | 60.00 (+4.0°) | 68.00 (+0.0°) | 61.00 (-4.2°) |"
+
+
+def test_tilt_table_rejects_foreign_files_and_other_angles_in_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    metrics = runs.write_metrics(str(tmp_path), _metrics(0, 0.6))
+    one = _profile(tmp_path / "a", [0.5, 0.7, 0.55])
+    other = _profile(tmp_path / "b", [0.5, 0.7, 0.55], degrees=(-20.0, 0.0, 20.0))
+    for paths, reason in (([str(broken)], "not a readable tilt_profile.json"), ([metrics], "not a tilt_profile.json"),
+                          ([one, other], "different angles")):
+        assert tilt_table.main(paths) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and reason in err
