@@ -204,7 +204,7 @@ def evaluate_totals(eval_fn, state, split: data.Split, batch_size: int, extra, m
 def _log_images(writer: SummaryWriter, state, batch, config: Config, step: int) -> None:
     """A grid of augmented training inputs and, for attention models, the warped faces."""
     faces, _, _ = preprocess.augment(jax.random.key(step), batch["image"][:32].astype(np.float32),
-                                  train._augment_config(config))
+                                     train._augment_config(config))
     writer.image("train/augmented_inputs", plots.image_grid(np.asarray(faces)), step)
     (_, aux) = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                               train.model_inputs(state, batch["image"][:16], config.standardize), train=False,

@@ -18,7 +18,7 @@ from ferjax.models.stn import LOCALIZATION_NET
 
 # Where translation_profile moves theta by default: quarter-pixel steps to one pixel either way.
 QUARTER_PIXEL_OFFSETS = tuple(k / 4 for k in range(-4, 5))
-# The tilts tilt_profile turns faces by by default: as far as a detector's crop of a tilted head goes.
+# tilt_profile's default turns, in degrees either way of upright.
 TILT_DEGREES = (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0)
 
 
