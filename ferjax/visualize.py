@@ -18,7 +18,7 @@ from ferjax.models.stn import LOCALIZATION_NET
 
 # Where translation_profile moves theta by default: quarter-pixel steps to one pixel either way.
 QUARTER_PIXEL_OFFSETS = tuple(k / 4 for k in range(-4, 5))
-# tilt_profile's default turns, in degrees either way of upright.
+# tilt_profile's default turns in degrees (positive: anticlockwise on screen, as preprocess.rotate turns).
 TILT_DEGREES = (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0)
 
 
