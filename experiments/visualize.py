@@ -83,8 +83,7 @@ def main(argv):
               f"area scale {area['min']:.3f}-{area['max']:.3f}, shift std {shift[0]:.2f} / {shift[1]:.2f} px (x / y), "
               f"{stats['live_units']}/{stats['units']} live localisation units")
     if numbers["tilt_degrees"]:
-        profile = visualize.tilt_profile(state, split, config["standardize"], hog_of if meta.get("hog_dim") else None,
-                                         numbers["tilt_degrees"])
+        profile = visualize.tilt_profile(state, split, config["standardize"], hog_of, numbers["tilt_degrees"])
         for i, angle in enumerate(profile["degrees"]):
             answer = ""
             if "theta_degrees" in profile:

@@ -73,6 +73,18 @@ def has_attention(state: train.TrainState) -> bool:
     return LOCALIZATION_NET in state.params
 
 
+def _attention_outputs(state: train.TrainState, images_NxHxW, standardize: bool, hog, batch_size: int):
+    """Every face's theta (float64) and localisation hidden units, in chunks, and the warped map's (height, width)."""
+    thetas, hidden = [], []
+    for start in range(0, len(images_NxHxW), batch_size):
+        chunk = slice(start, start + batch_size)
+        (_, aux), sown = _apply(state, images_NxHxW[chunk], standardize, None if hog is None else hog[chunk],
+                                capture="attention")
+        thetas.append(np.asarray(aux["theta"], np.float64))
+        hidden.append(np.asarray(jax.tree.leaves(sown["attention"])[0]))
+    return np.concatenate(thetas), np.concatenate(hidden), aux["warped"].shape[1:3]
+
+
 def attention_statistics(state: train.TrainState, images_NxHxW, standardize: bool = False, hog=None,
                          batch_size: int = 500) -> dict | None:
     """How the spatial transformer warps these faces; None for a model without one.
@@ -85,16 +97,8 @@ def attention_statistics(state: train.TrainState, images_NxHxW, standardize: boo
     """
     if not has_attention(state):
         return None
-    thetas, hidden = [], []
-    for start in range(0, len(images_NxHxW), batch_size):
-        chunk = slice(start, start + batch_size)
-        (_, aux), sown = _apply(state, images_NxHxW[chunk], standardize, None if hog is None else hog[chunk],
-                                capture="attention")
-        thetas.append(np.asarray(aux["theta"], np.float64))
-        hidden.append(np.asarray(jax.tree.leaves(sown["attention"])[0]))
-    theta_Nx2x3, hidden_NxU = np.concatenate(thetas), np.concatenate(hidden)
+    theta_Nx2x3, hidden_NxU, (height, width) = _attention_outputs(state, images_NxHxW, standardize, hog, batch_size)
     area_N = np.abs(np.linalg.det(theta_Nx2x3[:, :, :2]))
-    height, width = aux["warped"].shape[1:3]
     shift_Nx2 = theta_Nx2x3[:, :, 2] * np.array([width, height]) / 2  # (x, y) in pixels of the warped map
     return {
         "faces": len(theta_Nx2x3),
@@ -140,17 +144,6 @@ def translation_profile(state: train.TrainState, split: data.Split, standardize:
     return profile
 
 
-def _theta_degrees(state: train.TrainState, images_NxHxW, standardize: bool, hog, batch_size: int) -> np.ndarray:
-    """The rotation angle of each face's theta, in degrees (atan2 of its first column)."""
-    angles = []
-    for start in range(0, len(images_NxHxW), batch_size):
-        chunk = slice(start, start + batch_size)
-        _, aux = _apply(state, images_NxHxW[chunk], standardize, None if hog is None else hog[chunk])
-        theta_Bx2x3 = np.asarray(aux["theta"], np.float64)
-        angles.append(np.degrees(np.arctan2(theta_Bx2x3[:, 1, 0], theta_Bx2x3[:, 0, 0])))
-    return np.concatenate(angles)
-
-
 def tilt_profile(state: train.TrainState, split: data.Split, standardize: bool = False, hog_of=None,
                  degrees=TILT_DEGREES, batch_size: int = 500) -> dict:
     """Accuracy and mean cross-entropy of `split` with every face turned by each angle (`preprocess.rotate`).
@@ -160,8 +153,9 @@ def tilt_profile(state: train.TrainState, split: data.Split, standardize: bool =
     one blind to it the same angle whatever the tilt. `hog_of(images)` gives a HOG model its features
     of the turned faces.
     """
+    attention = has_attention(state)
     profile = {"faces": len(split), "degrees": [float(d) for d in degrees], "accuracy": [], "loss": []}
-    if has_attention(state):
+    if attention:
         profile["theta_degrees"] = {"mean": [], "std": []}
     for angle in degrees:
         turned = data.Split(preprocess.rotate(split.images, angle), split.labels, split.sources)
@@ -170,8 +164,9 @@ def tilt_profile(state: train.TrainState, split: data.Split, standardize: bool =
                                            extra=None if hog is None else {"hog": hog})
         profile["accuracy"].append(float(np.mean(probs_NxK.argmax(-1) == split.labels)))
         profile["loss"].append(float(-np.mean(np.log(probs_NxK[np.arange(len(split)), split.labels]))))
-        if has_attention(state):
-            answer_N = _theta_degrees(state, turned.images, standardize, hog, batch_size)
+        if attention:
+            theta_Nx2x3, _, _ = _attention_outputs(state, turned.images, standardize, hog, batch_size)
+            answer_N = np.degrees(np.arctan2(theta_Nx2x3[:, 1, 0], theta_Nx2x3[:, 0, 0]))  # theta's rotation
             profile["theta_degrees"]["mean"].append(float(answer_N.mean()))
             profile["theta_degrees"]["std"].append(float(answer_N.std()))
     return profile
