@@ -8,7 +8,8 @@ attention models also attention.json: how theta warps every face of the split, h
 of the localisation net are live, and the split's accuracy and loss with theta's translation moved
 by each of --translation_offsets pixels along x and along y (translation_profile). For every model
 tilt_profile.json: the split's accuracy and loss with each face turned by each of --tilt_degrees, and
-for attention models the rotation their theta answers with (tilt_profile).
+for attention models the rotation their theta answers with (tilt_profile), and zoom_profile.json: the
+same with each face magnified by each of --zoom_factors, and the magnification theta answers with.
 """
 
 import json
@@ -29,6 +30,8 @@ flags.DEFINE_list("translation_offsets", [str(o) for o in visualize.QUARTER_PIXE
                   "attention models: pixels by which theta's translation is moved to score the split; empty: none")
 flags.DEFINE_list("tilt_degrees", [f"{d:g}" for d in visualize.TILT_DEGREES],
                   "degrees by which every face of the split is turned to score it (tilt_profile); empty: none")
+flags.DEFINE_list("zoom_factors", [f"{z:g}" for z in visualize.ZOOM_FACTORS],
+                  "factors by which every face of the split is magnified to score it (zoom_profile); empty: none")
 flags.DEFINE_string("output", None, "output folder (default: <workdir>/visualize; for an exported model "
                     "<name>_visualize in the working directory)")
 FLAGS = flags.FLAGS
@@ -40,12 +43,15 @@ def main(argv):
         print("error: pass --workdir=DIR (a training workdir, checkpoint folder or exported model)", file=sys.stderr)
         return 1
     numbers = {}
-    for flag in ("translation_offsets", "tilt_degrees"):
+    for flag in ("translation_offsets", "tilt_degrees", "zoom_factors"):
         try:
             numbers[flag] = [float(value) for value in FLAGS[flag].value]
         except ValueError:
             print(f"error: --{flag}={','.join(FLAGS[flag].value)}: not a list of numbers", file=sys.stderr)
             return 1
+    if any(factor <= 0 for factor in numbers["zoom_factors"]):
+        print(f"error: --zoom_factors={','.join(FLAGS.zoom_factors)}: factors must be positive", file=sys.stderr)
+        return 1
     offsets_px = numbers["translation_offsets"]
     try:
         state, meta = inference.load_model(FLAGS.workdir)
@@ -82,16 +88,20 @@ def main(argv):
         print(f"wrote {path}: over {stats['faces']} {FLAGS.split} faces, "
               f"area scale {area['min']:.3f}-{area['max']:.3f}, shift std {shift[0]:.2f} / {shift[1]:.2f} px (x / y), "
               f"{stats['live_units']}/{stats['units']} live localisation units")
-    if numbers["tilt_degrees"]:
-        profile = visualize.tilt_profile(state, split, config["standardize"], hog_of, numbers["tilt_degrees"])
-        for i, angle in enumerate(profile["degrees"]):
-            answer = ""
-            if "theta_degrees" in profile:
-                mean, std = profile["theta_degrees"]["mean"][i], profile["theta_degrees"]["std"][i]
-                answer = f", theta turns them by {mean:+.1f} ± {std:.1f} degrees"
-            print(f"{FLAGS.split} faces turned by {angle:+g} degrees: accuracy {100 * profile['accuracy'][i]:.2f}%"
-                  + answer)
-        path = os.path.join(output, "tilt_profile.json")
+    profiles = (("tilt_degrees", visualize.tilt_profile, "theta_degrees", "turned by {:+g} degrees",
+                 "theta turns them by {:+.1f} ± {:.1f} degrees", "tilt_profile.json"),
+                ("zoom_factors", visualize.zoom_profile, "theta_zoom", "magnified by {:g}",
+                 "theta magnifies them by {:.3f} ± {:.3f}", "zoom_profile.json"))
+    for flag, profile_of, answer_key, change, answer, name in profiles:
+        if not numbers[flag]:
+            continue
+        profile = profile_of(state, split, config["standardize"], hog_of, numbers[flag])
+        for i, setting in enumerate(numbers[flag]):
+            line = f"{FLAGS.split} faces {change.format(setting)}: accuracy {100 * profile['accuracy'][i]:.2f}%"
+            if answer_key in profile:
+                line += ", " + answer.format(profile[answer_key]["mean"][i], profile[answer_key]["std"][i])
+            print(line)
+        path = os.path.join(output, name)
         with open(path, "w") as f:
             json.dump({"split": FLAGS.split, **profile}, f, indent=2)
         print(f"wrote {path}")

@@ -136,6 +136,15 @@ def random_theta(rng: jax.Array, batch: int, size: int, aug: Augment) -> jax.Arr
     return affine_theta(angle_B, zoom_B, shift_Bx2, size)
 
 
+def _warp_about_centre(images_BxHxW: np.ndarray, degrees: float, zoom: float) -> np.ndarray:
+    """Every face turned by `degrees` and magnified by `zoom` as the augmentation does (zero fill), as uint8."""
+    batch, height, _ = images_BxHxW.shape
+    theta_Bx2x3 = affine_theta(jnp.full((batch,), np.deg2rad(degrees)), jnp.full((batch,), zoom),
+                               jnp.zeros((batch, 2)), height)
+    warped = spatial.warp(jnp.asarray(images_BxHxW, jnp.float32)[..., None], theta_Bx2x3)[..., 0]
+    return np.asarray(jnp.clip(jnp.round(warped), 0, 255)).astype(np.uint8)
+
+
 def rotate(images_BxHxW: np.ndarray, degrees: float) -> np.ndarray:
     """Every face turned by `degrees` about its centre, as `--rotate` turns it (zero fill), rounded to uint8.
 
@@ -143,11 +152,17 @@ def rotate(images_BxHxW: np.ndarray, degrees: float) -> np.ndarray:
     towards y, which on screen (y down) turns the face anticlockwise. A spatial transformer that undoes
     the tilt answers with a theta of angle -`degrees`.
     """
-    batch, height, _ = images_BxHxW.shape
-    angle_B = jnp.full((batch,), np.deg2rad(degrees))
-    theta_Bx2x3 = affine_theta(angle_B, jnp.ones((batch,)), jnp.zeros((batch, 2)), height)
-    turned = spatial.warp(jnp.asarray(images_BxHxW, jnp.float32)[..., None], theta_Bx2x3)[..., 0]
-    return np.asarray(jnp.clip(jnp.round(turned), 0, 255)).astype(np.uint8)
+    return _warp_about_centre(images_BxHxW, degrees, 1.0)
+
+
+def zoom(images_BxHxW: np.ndarray, factor: float) -> np.ndarray:
+    """Every face magnified by `factor` about its centre, as `--scale` zooms it, rounded to uint8.
+
+    Above 1 the face fills more of the image and its edge is cut off; below 1 it shrinks inside a zero
+    border. A spatial transformer that undoes the zoom samples 1/`factor` as far out from the centre:
+    its theta magnifies by 1/`factor`.
+    """
+    return _warp_about_centre(images_BxHxW, 0.0, factor)
 
 
 def erase_mask(rng: jax.Array, batch: int, height: int, width: int, prob: float) -> jax.Array:

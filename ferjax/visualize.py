@@ -20,6 +20,8 @@ from ferjax.models.stn import LOCALIZATION_NET
 QUARTER_PIXEL_OFFSETS = tuple(k / 4 for k in range(-4, 5))
 # tilt_profile's default turns in degrees (positive: anticlockwise on screen, as preprocess.rotate turns).
 TILT_DEGREES = (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0)
+# zoom_profile's default magnifications (above 1: the face fills more of the image, as preprocess.zoom zooms).
+ZOOM_FACTORS = (0.8, 0.9, 1.0, 1.1, 1.2)
 
 
 def faces_per_class(split: data.Split, count: int, seed: int = 0) -> data.Split:
@@ -144,6 +146,30 @@ def translation_profile(state: train.TrainState, split: data.Split, standardize:
     return profile
 
 
+def _warp_profile(state: train.TrainState, split: data.Split, standardize: bool, hog_of, warp, settings,
+                  batch_size: int, axis: str, answer_key: str, answer_of) -> dict:
+    """Accuracy and mean cross-entropy of `split` with its faces through warp(images, setting) for each
+    setting (listed under `axis`), and for an attention model the mean and standard deviation over the
+    faces of answer_of(theta_Nx2x3) under `answer_key`."""
+    attention = has_attention(state)
+    profile = {"faces": len(split), axis: [float(x) for x in settings], "accuracy": [], "loss": []}
+    if attention:
+        profile[answer_key] = {"mean": [], "std": []}
+    for setting in settings:
+        moved = data.Split(warp(split.images, setting), split.labels, split.sources)
+        hog = None if hog_of is None else hog_of(moved.images)
+        probs_NxK = evaluate.predict_split(state, moved, batch_size, standardize=standardize,
+                                           extra=None if hog is None else {"hog": hog})
+        profile["accuracy"].append(float(np.mean(probs_NxK.argmax(-1) == split.labels)))
+        profile["loss"].append(float(-np.mean(np.log(probs_NxK[np.arange(len(split)), split.labels]))))
+        if attention:
+            theta_Nx2x3, _, _ = _attention_outputs(state, moved.images, standardize, hog, batch_size)
+            answer_N = answer_of(theta_Nx2x3)
+            profile[answer_key]["mean"].append(float(answer_N.mean()))
+            profile[answer_key]["std"].append(float(answer_N.std()))
+    return profile
+
+
 def tilt_profile(state: train.TrainState, split: data.Split, standardize: bool = False, hog_of=None,
                  degrees=TILT_DEGREES, batch_size: int = 500) -> dict:
     """Accuracy and mean cross-entropy of `split` with every face turned by each angle (`preprocess.rotate`).
@@ -153,23 +179,26 @@ def tilt_profile(state: train.TrainState, split: data.Split, standardize: bool =
     one blind to it the same angle whatever the tilt. `hog_of(images)` gives a HOG model its features
     of the turned faces.
     """
-    attention = has_attention(state)
-    profile = {"faces": len(split), "degrees": [float(d) for d in degrees], "accuracy": [], "loss": []}
-    if attention:
-        profile["theta_degrees"] = {"mean": [], "std": []}
-    for angle in degrees:
-        turned = data.Split(preprocess.rotate(split.images, angle), split.labels, split.sources)
-        hog = None if hog_of is None else hog_of(turned.images)
-        probs_NxK = evaluate.predict_split(state, turned, batch_size, standardize=standardize,
-                                           extra=None if hog is None else {"hog": hog})
-        profile["accuracy"].append(float(np.mean(probs_NxK.argmax(-1) == split.labels)))
-        profile["loss"].append(float(-np.mean(np.log(probs_NxK[np.arange(len(split)), split.labels]))))
-        if attention:
-            theta_Nx2x3, _, _ = _attention_outputs(state, turned.images, standardize, hog, batch_size)
-            answer_N = np.degrees(np.arctan2(theta_Nx2x3[:, 1, 0], theta_Nx2x3[:, 0, 0]))  # theta's rotation
-            profile["theta_degrees"]["mean"].append(float(answer_N.mean()))
-            profile["theta_degrees"]["std"].append(float(answer_N.std()))
-    return profile
+    def theta_degrees(theta_Nx2x3):
+        return np.degrees(np.arctan2(theta_Nx2x3[:, 1, 0], theta_Nx2x3[:, 0, 0]))
+
+    return _warp_profile(state, split, standardize, hog_of, preprocess.rotate, degrees, batch_size,
+                         "degrees", "theta_degrees", theta_degrees)
+
+
+def zoom_profile(state: train.TrainState, split: data.Split, standardize: bool = False, hog_of=None,
+                 factors=ZOOM_FACTORS, batch_size: int = 500) -> dict:
+    """Accuracy and mean cross-entropy of `split` with every face magnified by each factor (`preprocess.zoom`).
+
+    For a model with attention also the magnification its theta answers with (1 / sqrt|det| of its 2x2
+    part), mean and standard deviation over the faces: a transformer that undoes the zoom answers
+    1 / factor, one blind to it the same whatever the factor.
+    """
+    def theta_zoom(theta_Nx2x3):
+        return 1.0 / np.sqrt(np.abs(np.linalg.det(theta_Nx2x3[:, :, :2])))
+
+    return _warp_profile(state, split, standardize, hog_of, preprocess.zoom, factors, batch_size,
+                         "zooms", "theta_zoom", theta_zoom)
 
 
 def _save(fig, path: str) -> str:

@@ -505,12 +505,39 @@ def test_tilt_profile_scores_the_turned_faces_and_reads_the_rotation_theta_answe
     assert len(cnn_profile["accuracy"]) == 1 and "theta_degrees" not in cnn_profile
 
 
+def test_zoom_profile_scores_the_zoomed_faces_and_reads_the_magnification_theta_answers_with(small_fer2013):
+    from ferjax import preprocess, visualize
+
+    config = configs.tiny_config(model="stn")
+    state = train.create_train_state(jax.random.key(0), models.create("stn"), config, steps_per_epoch=1,
+                                     mean_image=preprocess.training_mean(small_fer2013.train.images))
+    # theta's kernel starts at zero, so its bias, here sampling 0.8 as far out (a magnification of 1.25), is
+    # every face's theta.
+    loc = state.params["stn_loc"]
+    bias = jnp.array([0.8, 0.0, 0.0, 0.0, 0.8, 0.0])
+    state = state.replace(params={**state.params, "stn_loc": {**loc, "theta": {**loc["theta"], "bias": bias}}})
+    faces = small_fer2013.val
+    profile = visualize.zoom_profile(state, faces, factors=(1.0, 1.5), batch_size=40)
+
+    assert profile["faces"] == len(faces) and profile["zooms"] == [1.0, 1.5]
+    np.testing.assert_allclose(profile["theta_zoom"]["mean"], [1.25, 1.25], rtol=1e-5)
+    np.testing.assert_allclose(profile["theta_zoom"]["std"], [0, 0], atol=1e-4)
+    for i, images in enumerate([faces.images, preprocess.zoom(faces.images, 1.5)]):
+        batch = {"image": images, "label": faces.labels, "mask": np.ones(len(faces), np.float32)}
+        sums = train.eval_step(state, batch)
+        assert profile["accuracy"][i] == pytest.approx(float(sums["correct"]) / len(faces), abs=1 / len(faces))
+        assert profile["loss"][i] == pytest.approx(float(sums["loss_sum"]) / len(faces), rel=1e-4)
+    # An untrained network barely tells the zoom apart, but it does: the same faces would give the same loss.
+    assert profile["loss"][1] != profile["loss"][0]
+
+
 def test_visualize_script_writes_attention_statistics_of_the_whole_split(trained, fer2013, fer2013_dir, tmp_path):
     workdir, _, _ = trained
     exported = str(tmp_path / "exported")
     inference.export_model(*checkpoint.load(workdir), exported)
     result = subprocess.run([sys.executable, "-m", "experiments.visualize", f"--workdir={exported}",
-                             "--faces_per_class=1", "--translation_offsets=0,0.5", "--tilt_degrees=0,-20"],
+                             "--faces_per_class=1", "--translation_offsets=0,0.5", "--tilt_degrees=0,-20",
+                             "--zoom_factors=1.2"],
                             cwd=tmp_path, capture_output=True, text=True, env=_script_env(fer2013_dir), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     output = tmp_path / "exported_visualize"  # by default, named after the exported model
@@ -528,15 +555,24 @@ def test_visualize_script_writes_attention_statistics_of_the_whole_split(trained
         tilt = json.load(f)
     assert tilt["degrees"] == [0.0, -20.0] and tilt["accuracy"][0] == profile["x"]["accuracy"][0]  # unturned
     assert len(tilt["theta_degrees"]["mean"]) == 2 and "faces turned by -20 degrees" in result.stdout
+    with open(output / "zoom_profile.json") as f:
+        zoom = json.load(f)
+    assert zoom["zooms"] == [1.2] and len(zoom["accuracy"]) == len(zoom["theta_zoom"]["mean"]) == 1
+    assert "faces magnified by 1.2: accuracy" in result.stdout
 
 
-@pytest.mark.parametrize("flag", ["translation_offsets", "tilt_degrees"])
-def test_visualize_script_rejects_bad_numbers_in_one_line(flag, tmp_path, fer2013_dir):
+@pytest.mark.parametrize("flag, value, reason", [
+    ("translation_offsets", "0,half", "not a list of numbers"),
+    ("tilt_degrees", "0,half", "not a list of numbers"),
+    ("zoom_factors", "0,half", "not a list of numbers"),
+    ("zoom_factors", "1,0", "factors must be positive"),
+])
+def test_visualize_script_rejects_bad_numbers_in_one_line(flag, value, reason, tmp_path, fer2013_dir):
     result = subprocess.run([sys.executable, "-m", "experiments.visualize", f"--workdir={tmp_path}",
-                             f"--{flag}=0,half"],
+                             f"--{flag}={value}"],
                             cwd=REPO, capture_output=True, text=True, env=_script_env(fer2013_dir), timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"error: --{flag}=0,half: not a list of numbers"
+    assert result.stderr.strip().splitlines()[-1] == f"error: --{flag}={value}: {reason}"
     assert "Traceback" not in result.stderr
 
 

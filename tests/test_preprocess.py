@@ -132,6 +132,20 @@ def test_rotate_turns_faces_about_their_centre_and_theta_of_the_opposite_angle_u
     np.testing.assert_allclose(np.asarray(back), faces, atol=1e-3)
 
 
+def test_zoom_magnifies_about_the_centre_exactly_on_a_ramp():
+    # Bilinear sampling reproduces a linear ramp exactly, so the zoomed ramp is known in closed form:
+    # output column c samples input column 23.5 + (c - 23.5) / factor.
+    columns = np.arange(48)
+    ramp = np.broadcast_to(4 * columns + 50, (2, 48, 48)).astype(np.uint8)
+    np.testing.assert_array_equal(preprocess.zoom(ramp, 1.0), ramp)
+    magnified = preprocess.zoom(ramp, 2.0)
+    assert magnified.dtype == np.uint8
+    np.testing.assert_array_equal(magnified, np.broadcast_to(2 * columns + 97, (2, 48, 48)))
+    shrunk = preprocess.zoom(ramp, 0.5)  # the face takes the middle half, zeros around it
+    np.testing.assert_array_equal(shrunk[:, 12:36, 12:36], np.broadcast_to(8 * columns[12:36] - 44, (2, 24, 24)))
+    assert (shrunk[:, :, :11] == 0).all() and (shrunk[:, :11, :] == 0).all()
+
+
 def test_erase_mask_is_one_rectangle_per_face():
     masks = np.asarray(preprocess.erase_mask(jax.random.key(5), 64, 48, 40, 1.0))
     assert masks.shape == (64, 48, 40)

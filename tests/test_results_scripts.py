@@ -95,37 +95,48 @@ def test_time_to_accuracy_plots_runs_and_rejects_a_foreign_file(tmp_path, capsys
     assert len(err.splitlines()) == 1 and str(evaluation) in err and "no model" in err
 
 
-tilt_table = _script("tilt_table")
+profile_table = _script("profile_table")
 
 
-def _profile(folder, accuracy, answers=None, degrees=(-10.0, 0.0, 10.0)):
-    profile = {"split": "val", "faces": 10, "degrees": list(degrees), "accuracy": accuracy, "loss": [1.0] * 3}
+def _profile(folder, accuracy, answers=None, settings=(-10.0, 0.0, 10.0), kind="tilt"):
+    settings_key, answer_key = {"tilt": ("degrees", "theta_degrees"), "zoom": ("zooms", "theta_zoom")}[kind]
+    profile = {"split": "val", "faces": 10, settings_key: list(settings), "accuracy": accuracy, "loss": [1.0] * 3}
     if answers:
-        profile["theta_degrees"] = {"mean": answers, "std": [0.0] * 3}
+        profile[answer_key] = {"mean": answers, "std": [0.0] * 3}
     folder.mkdir()
-    path = folder / "tilt_profile.json"
+    path = folder / f"{kind}_profile.json"
     path.write_text(json.dumps(profile))
     return str(path)
 
 
-def test_tilt_table_puts_each_runs_accuracy_and_attention_answer_under_its_angle(tmp_path, capsys):
+def test_profile_table_puts_each_runs_accuracy_and_attention_answer_under_its_angle(tmp_path, capsys):
     cnn = _profile(tmp_path / "cnn_run", [0.5, 0.7, 0.55])
     stn = _profile(tmp_path / "stn_run", [0.6, 0.68, 0.61], answers=[4.0, 0.0, -4.25])
-    assert tilt_table.main([cnn, stn]) == 0
+    assert profile_table.main([cnn, stn]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "| run (val accuracy %, theta's mean answer) | -10° | +0° | +10° |"
     assert lines[2] == "| cnn_run | 50.00 | 70.00 | 55.00 |"
     assert lines[3] == "| stn_run | 60.00 (+4.0°) | 68.00 (+0.0°) | 61.00 (-4.2°) |"
 
 
-def test_tilt_table_rejects_foreign_files_and_other_angles_in_one_line(tmp_path, capsys):
+def test_profile_table_puts_the_magnification_theta_answers_under_each_zoom(tmp_path, capsys):
+    stn = _profile(tmp_path / "stn_run", [0.6, 0.68, 0.61], answers=[1.1, 1.0, 0.9125], settings=(0.8, 1.0, 1.25),
+                   kind="zoom")
+    assert profile_table.main([stn]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| run (val accuracy %, theta's mean answer) | ×0.8 | ×1 | ×1.25 |"
+    assert lines[2] == "| stn_run | 60.00 (×1.100) | 68.00 (×1.000) | 61.00 (×0.912) |"
+
+
+def test_profile_table_rejects_foreign_files_and_mixed_profiles_in_one_line(tmp_path, capsys):
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     metrics = runs.write_metrics(str(tmp_path), _metrics(0, 0.6))
     one = _profile(tmp_path / "a", [0.5, 0.7, 0.55])
-    other = _profile(tmp_path / "b", [0.5, 0.7, 0.55], degrees=(-20.0, 0.0, 20.0))
-    for paths, reason in (([str(broken)], "not a readable tilt_profile.json"), ([metrics], "not a tilt_profile.json"),
-                          ([one, other], "different angles")):
-        assert tilt_table.main(paths) == 1
+    other = _profile(tmp_path / "b", [0.5, 0.7, 0.55], settings=(-20.0, 0.0, 20.0))
+    zoom = _profile(tmp_path / "c", [0.5, 0.7, 0.55], settings=(0.9, 1.0, 1.1), kind="zoom")
+    for paths, reason in (([str(broken)], "not a readable profile"), ([metrics], "not a tilt_profile.json or zoom"),
+                          ([one, other], "warp faces differently"), ([one, zoom], "of different kinds")):
+        assert profile_table.main(paths) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and reason in err
