@@ -474,28 +474,38 @@ def test_translation_profile_scores_the_faces_the_moved_sampler_sees(small_fer20
     assert visualize.translation_profile(cnn_state, faces) is None
 
 
-def test_tilt_profile_scores_the_turned_faces_and_reads_the_rotation_theta_answers_with(small_fer2013):
-    from ferjax import preprocess, visualize
+def _stn_answering(theta_2x3, train_split: data.Split) -> train.TrainState:
+    """A fresh `stn` whose theta is theta_2x3 for every face: theta's kernel starts at zero, so its bias is theta."""
+    from ferjax import preprocess
 
-    config = configs.tiny_config(model="stn")
-    state = train.create_train_state(jax.random.key(0), models.create("stn"), config, steps_per_epoch=1,
-                                     mean_image=preprocess.training_mean(small_fer2013.train.images))
-    # theta's kernel starts at zero, so its bias, here a 15-degree rotation, is every face's theta.
-    angle = np.deg2rad(15)
+    state = train.create_train_state(jax.random.key(0), models.create("stn"), configs.tiny_config(model="stn"),
+                                     steps_per_epoch=1, mean_image=preprocess.training_mean(train_split.images))
     loc = state.params["stn_loc"]
-    bias = jnp.array([np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle), 0.0])
-    state = state.replace(params={**state.params, "stn_loc": {**loc, "theta": {**loc["theta"], "bias": bias}}})
+    bias = jnp.asarray(theta_2x3, jnp.float32).reshape(6)
+    return state.replace(params={**state.params, "stn_loc": {**loc, "theta": {**loc["theta"], "bias": bias}}})
+
+
+def _assert_scores_match_eval_step(profile: dict, state, faces: data.Split, images_per_setting) -> None:
+    for i, images in enumerate(images_per_setting):
+        batch = {"image": images, "label": faces.labels, "mask": np.ones(len(faces), np.float32)}
+        sums = train.eval_step(state, batch)
+        assert profile["accuracy"][i] == pytest.approx(float(sums["correct"]) / len(faces), abs=1 / len(faces))
+        assert profile["loss"][i] == pytest.approx(float(sums["loss_sum"]) / len(faces), rel=1e-4)
+
+
+def test_tilt_profile_scores_the_turned_faces_and_reads_the_rotation_theta_answers_with(small_fer2013):
+    from ferjax import visualize
+
+    angle = np.deg2rad(15)
+    state = _stn_answering([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0]],
+                           small_fer2013.train)
     faces = small_fer2013.val
     profile = visualize.tilt_profile(state, faces, degrees=(0.0, 90.0), batch_size=40)
 
     assert profile["faces"] == len(faces) and profile["degrees"] == [0.0, 90.0]
     np.testing.assert_allclose(profile["theta_degrees"]["mean"], [15, 15], rtol=1e-5)
     np.testing.assert_allclose(profile["theta_degrees"]["std"], [0, 0], atol=1e-4)
-    for i, images in enumerate([faces.images, np.rot90(faces.images, 1, axes=(1, 2))]):
-        batch = {"image": images, "label": faces.labels, "mask": np.ones(len(faces), np.float32)}
-        sums = train.eval_step(state, batch)
-        assert profile["accuracy"][i] == pytest.approx(float(sums["correct"]) / len(faces), abs=1 / len(faces))
-        assert profile["loss"][i] == pytest.approx(float(sums["loss_sum"]) / len(faces), rel=1e-4)
+    _assert_scores_match_eval_step(profile, state, faces, [faces.images, np.rot90(faces.images, 1, axes=(1, 2))])
     assert profile["loss"][1] != pytest.approx(profile["loss"][0], rel=1e-4)  # the turn is seen
 
     plain = configs.tiny_config()
@@ -508,25 +518,14 @@ def test_tilt_profile_scores_the_turned_faces_and_reads_the_rotation_theta_answe
 def test_zoom_profile_scores_the_zoomed_faces_and_reads_the_magnification_theta_answers_with(small_fer2013):
     from ferjax import preprocess, visualize
 
-    config = configs.tiny_config(model="stn")
-    state = train.create_train_state(jax.random.key(0), models.create("stn"), config, steps_per_epoch=1,
-                                     mean_image=preprocess.training_mean(small_fer2013.train.images))
-    # theta's kernel starts at zero, so its bias, here sampling 0.8 as far out (a magnification of 1.25), is
-    # every face's theta.
-    loc = state.params["stn_loc"]
-    bias = jnp.array([0.8, 0.0, 0.0, 0.0, 0.8, 0.0])
-    state = state.replace(params={**state.params, "stn_loc": {**loc, "theta": {**loc["theta"], "bias": bias}}})
+    state = _stn_answering([[0.8, 0, 0], [0, 0.8, 0]], small_fer2013.train)  # sampling 0.8 as far out: x1.25
     faces = small_fer2013.val
     profile = visualize.zoom_profile(state, faces, factors=(1.0, 1.5), batch_size=40)
 
     assert profile["faces"] == len(faces) and profile["zooms"] == [1.0, 1.5]
     np.testing.assert_allclose(profile["theta_zoom"]["mean"], [1.25, 1.25], rtol=1e-5)
     np.testing.assert_allclose(profile["theta_zoom"]["std"], [0, 0], atol=1e-4)
-    for i, images in enumerate([faces.images, preprocess.zoom(faces.images, 1.5)]):
-        batch = {"image": images, "label": faces.labels, "mask": np.ones(len(faces), np.float32)}
-        sums = train.eval_step(state, batch)
-        assert profile["accuracy"][i] == pytest.approx(float(sums["correct"]) / len(faces), abs=1 / len(faces))
-        assert profile["loss"][i] == pytest.approx(float(sums["loss_sum"]) / len(faces), rel=1e-4)
+    _assert_scores_match_eval_step(profile, state, faces, [faces.images, preprocess.zoom(faces.images, 1.5)])
     # An untrained network barely tells the zoom apart, but it does: the same faces would give the same loss.
     assert profile["loss"][1] != profile["loss"][0]
 
