@@ -136,13 +136,13 @@ def random_theta(rng: jax.Array, batch: int, size: int, aug: Augment) -> jax.Arr
     return affine_theta(angle_B, zoom_B, shift_Bx2, size)
 
 
-def _warp_about_centre(images_BxHxW: np.ndarray, degrees: float, zoom: float) -> np.ndarray:
-    """Every face turned by `degrees` and magnified by `zoom` as the augmentation does (zero fill), as uint8."""
+@jax.jit
+def _warp_about_centre(images_BxHxW, radians, zoom) -> jax.Array:
+    """Every face turned by `radians` and magnified by `zoom` as the augmentation does (zero fill), as uint8."""
     batch, height, _ = images_BxHxW.shape
-    theta_Bx2x3 = affine_theta(jnp.full((batch,), np.deg2rad(degrees)), jnp.full((batch,), zoom),
-                               jnp.zeros((batch, 2)), height)
+    theta_Bx2x3 = affine_theta(jnp.full((batch,), radians), jnp.full((batch,), zoom), jnp.zeros((batch, 2)), height)
     warped = spatial.warp(jnp.asarray(images_BxHxW, jnp.float32)[..., None], theta_Bx2x3)[..., 0]
-    return np.asarray(jnp.clip(jnp.round(warped), 0, 255)).astype(np.uint8)
+    return jnp.clip(jnp.round(warped), 0, 255).astype(jnp.uint8)
 
 
 def rotate(images_BxHxW: np.ndarray, degrees: float) -> np.ndarray:
@@ -152,7 +152,7 @@ def rotate(images_BxHxW: np.ndarray, degrees: float) -> np.ndarray:
     towards y, which on screen (y down) turns the face anticlockwise. A spatial transformer that undoes
     the tilt answers with a theta of angle -`degrees`.
     """
-    return _warp_about_centre(images_BxHxW, degrees, 1.0)
+    return np.asarray(_warp_about_centre(images_BxHxW, np.deg2rad(degrees), 1.0))
 
 
 def zoom(images_BxHxW: np.ndarray, factor: float) -> np.ndarray:
@@ -162,7 +162,7 @@ def zoom(images_BxHxW: np.ndarray, factor: float) -> np.ndarray:
     border. A spatial transformer that undoes the zoom samples 1/`factor` as far out from the centre:
     its theta magnifies by 1/`factor`.
     """
-    return _warp_about_centre(images_BxHxW, 0.0, factor)
+    return np.asarray(_warp_about_centre(images_BxHxW, 0.0, factor))
 
 
 def erase_mask(rng: jax.Array, batch: int, height: int, width: int, prob: float) -> jax.Array:

@@ -6,6 +6,7 @@ warped faces it returns in aux, and gradients of its logits; no forward pass is 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ferjax import data, evaluate, plots, preprocess, train
+from ferjax import data, plots, preprocess, train
 from ferjax.models.stn import LOCALIZATION_NET
 
 # Where translation_profile moves theta by default: quarter-pixel steps to one pixel either way.
@@ -31,8 +32,10 @@ def faces_per_class(split: data.Split, count: int, seed: int = 0) -> data.Split:
     return split.subset(np.concatenate(picks))
 
 
+@functools.partial(jax.jit, static_argnames=("standardize", "capture"))
 def _apply(state: train.TrainState, images_BxHxW, standardize: bool, hog=None, capture: str | None = None):
-    """The model's (logits, aux), and with `capture` also the variables it sowed into that collection."""
+    """The model's (logits, aux), and with `capture` also the variables it sowed into that collection (jitted:
+    the model runs as one compiled program per input shape, not op by op)."""
     kwargs = {"hog": hog} if hog is not None else {}
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     x = train.model_inputs(state, jnp.asarray(images_BxHxW, jnp.float32), standardize)
@@ -75,16 +78,34 @@ def has_attention(state: train.TrainState) -> bool:
     return LOCALIZATION_NET in state.params
 
 
-def _attention_outputs(state: train.TrainState, images_NxHxW, standardize: bool, hog, batch_size: int):
-    """Every face's theta (float64) and localisation hidden units, in chunks, and the warped map's (height, width)."""
-    thetas, hidden = [], []
-    for start in range(0, len(images_NxHxW), batch_size):
-        chunk = slice(start, start + batch_size)
-        (_, aux), sown = _apply(state, images_NxHxW[chunk], standardize, None if hog is None else hog[chunk],
-                                capture="attention")
-        thetas.append(np.asarray(aux["theta"], np.float64))
-        hidden.append(np.asarray(jax.tree.leaves(sown["attention"])[0]))
-    return np.concatenate(thetas), np.concatenate(hidden), aux["warped"].shape[1:3]
+def _split_outputs(state: train.TrainState, images_NxHxW, standardize: bool, hog, batch_size: int) -> dict:
+    """Every face's class probabilities ('probs') and, for an attention model, its theta ('theta', float64) and
+    localisation hidden units ('hidden') and the warped map's (height, width) ('warped_hw').
+
+    One pass in chunks of batch_size; the last chunk is filled up with faces from the start, so the pass
+    compiles for one shape.
+    """
+    n = len(images_NxHxW)
+    chunks = {"probs": [], "theta": [], "hidden": []}
+    for start in range(0, n, batch_size):
+        index = np.arange(start, start + batch_size) % n
+        real = slice(0, min(batch_size, n - start))
+        (logits, aux), sown = _apply(state, images_NxHxW[index], standardize, None if hog is None else hog[index],
+                                     capture="attention")
+        chunks["probs"].append(np.asarray(jax.nn.softmax(logits))[real])
+        if "theta" in aux:
+            chunks["theta"].append(np.asarray(aux["theta"], np.float64)[real])
+            chunks["hidden"].append(np.asarray(jax.tree.leaves(sown["attention"])[0])[real])
+    outputs = {name: np.concatenate(values) for name, values in chunks.items() if values}
+    if "theta" in outputs:
+        outputs["warped_hw"] = aux["warped"].shape[1:3]
+    return outputs
+
+
+def _scores(probs_NxK: np.ndarray, labels_N: np.ndarray) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy."""
+    return (float(np.mean(probs_NxK.argmax(-1) == labels_N)),
+            float(-np.mean(np.log(probs_NxK[np.arange(len(labels_N)), labels_N]))))
 
 
 def attention_statistics(state: train.TrainState, images_NxHxW, standardize: bool = False, hog=None,
@@ -99,7 +120,8 @@ def attention_statistics(state: train.TrainState, images_NxHxW, standardize: boo
     """
     if not has_attention(state):
         return None
-    theta_Nx2x3, hidden_NxU, (height, width) = _attention_outputs(state, images_NxHxW, standardize, hog, batch_size)
+    outputs = _split_outputs(state, images_NxHxW, standardize, hog, batch_size)
+    theta_Nx2x3, hidden_NxU, (height, width) = outputs["theta"], outputs["hidden"], outputs["warped_hw"]
     area_N = np.abs(np.linalg.det(theta_Nx2x3[:, :, :2]))
     shift_Nx2 = theta_Nx2x3[:, :, 2] * np.array([width, height]) / 2  # (x, y) in pixels of the warped map
     return {
@@ -133,16 +155,14 @@ def translation_profile(state: train.TrainState, split: data.Split, standardize:
         return None
     (_, aux) = _apply(state, split.images[:1], standardize, None if hog is None else hog[:1])
     height, width = aux["warped"].shape[1:3]
-    extra = None if hog is None else {"hog": hog}
     profile = {"faces": len(split), "offsets_px": [float(o) for o in offsets_px]}
     for axis, (name, size) in enumerate((("x", width), ("y", height))):
-        accuracy, loss = [], []
+        scores = []
         for offset in offsets_px:
             moved = state.replace(params=_with_translation(state.params, axis, 2.0 * offset / size))
-            probs_NxK = evaluate.predict_split(moved, split, batch_size, standardize=standardize, extra=extra)
-            accuracy.append(float(np.mean(probs_NxK.argmax(-1) == split.labels)))
-            loss.append(float(-np.mean(np.log(probs_NxK[np.arange(len(split)), split.labels]))))
-        profile[name] = {"accuracy": accuracy, "loss": loss}
+            scores.append(_scores(_split_outputs(moved, split.images, standardize, hog, batch_size)["probs"],
+                                  split.labels))
+        profile[name] = {"accuracy": [a for a, _ in scores], "loss": [loss for _, loss in scores]}
     return profile
 
 
@@ -156,15 +176,13 @@ def _warp_profile(state: train.TrainState, split: data.Split, standardize: bool,
     if attention:
         profile[answer_key] = {"mean": [], "std": []}
     for setting in settings:
-        moved = data.Split(warp(split.images, setting), split.labels, split.sources)
-        hog = None if hog_of is None else hog_of(moved.images)
-        probs_NxK = evaluate.predict_split(state, moved, batch_size, standardize=standardize,
-                                           extra=None if hog is None else {"hog": hog})
-        profile["accuracy"].append(float(np.mean(probs_NxK.argmax(-1) == split.labels)))
-        profile["loss"].append(float(-np.mean(np.log(probs_NxK[np.arange(len(split)), split.labels]))))
+        images = warp(split.images, setting)
+        outputs = _split_outputs(state, images, standardize, None if hog_of is None else hog_of(images), batch_size)
+        accuracy, loss = _scores(outputs["probs"], split.labels)
+        profile["accuracy"].append(accuracy)
+        profile["loss"].append(loss)
         if attention:
-            theta_Nx2x3, _, _ = _attention_outputs(state, moved.images, standardize, hog, batch_size)
-            answer_N = answer_of(theta_Nx2x3)
+            answer_N = answer_of(outputs["theta"])
             profile[answer_key]["mean"].append(float(answer_N.mean()))
             profile[answer_key]["std"].append(float(answer_N.std()))
     return profile

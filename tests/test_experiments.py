@@ -485,9 +485,11 @@ def _stn_answering(theta_2x3, train_split: data.Split) -> train.TrainState:
     return state.replace(params={**state.params, "stn_loc": {**loc, "theta": {**loc["theta"], "bias": bias}}})
 
 
-def _assert_scores_match_eval_step(profile: dict, state, faces: data.Split, images_per_setting) -> None:
+def _assert_scores_match_eval_step(profile: dict, state, faces: data.Split, images_per_setting, hog_of=None) -> None:
     for i, images in enumerate(images_per_setting):
         batch = {"image": images, "label": faces.labels, "mask": np.ones(len(faces), np.float32)}
+        if hog_of is not None:  # eval_step reads the mirror's features only for flip TTA
+            batch["hog"] = batch["hog_flipped"] = hog_of(images)
         sums = train.eval_step(state, batch)
         assert profile["accuracy"][i] == pytest.approx(float(sums["correct"]) / len(faces), abs=1 / len(faces))
         assert profile["loss"][i] == pytest.approx(float(sums["loss_sum"]) / len(faces), rel=1e-4)
@@ -513,6 +515,19 @@ def test_tilt_profile_scores_the_turned_faces_and_reads_the_rotation_theta_answe
                                          plain, steps_per_epoch=1, mean_image=state.mean_image)
     cnn_profile = visualize.tilt_profile(cnn_state, faces, degrees=(-10.0,))
     assert len(cnn_profile["accuracy"]) == 1 and "theta_degrees" not in cnn_profile
+
+
+def test_profiles_give_a_hog_model_the_features_of_the_warped_faces(small_fer2013):
+    from ferjax import features, preprocess, visualize
+
+    config = configs.tiny_config(model="_tiny_hog")
+    state = train.create_train_state(jax.random.key(0), models.create(config.model), config, steps_per_epoch=1,
+                                     mean_image=preprocess.training_mean(small_fer2013.train.images), hog_dim=900)
+    faces = small_fer2013.val
+    profile = visualize.zoom_profile(state, faces, hog_of=features.hog_features, factors=(1.0, 1.5), batch_size=40)
+    _assert_scores_match_eval_step(profile, state, faces, [faces.images, preprocess.zoom(faces.images, 1.5)],
+                                   hog_of=features.hog_features)
+    assert "theta_zoom" not in profile
 
 
 def test_zoom_profile_scores_the_zoomed_faces_and_reads_the_magnification_theta_answers_with(small_fer2013):
