@@ -120,7 +120,7 @@ def test_gradients_reach_the_localisation_network():
                                      rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
         return jnp.sum(logits ** 2)
 
-    grads = jax.grad(loss)(variables["params"])
+    grads = jax.jit(jax.grad(loss))(variables["params"])
     # The theta layer starts at zero kernel, so the gradient flows into it (and from there, after one step, further).
     assert float(jnp.abs(grads["stn_loc"]["theta"]["kernel"]).sum()) > 0
     assert float(jnp.abs(grads["stn_loc"]["theta"]["bias"]).sum()) > 0
