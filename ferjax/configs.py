@@ -69,6 +69,9 @@ class Config:
     ema: float = 0.0  # decay of the weights' moving average, which evaluation and saved models use (0: off; e.g. 0.999)
     seed: int = 0  # root PRNG seed: init, shuffling, dropout and augmentation all derive from it
     init_from: str | None = None  # start from this model's weights (workdir or exported) where names and shapes match
+    # Fine-tune only these top-level parts of the model, e.g. stn_loc; the others keep their weights (their
+    # batch-norm statistics still follow the data).
+    train_only: tuple[str, ...] | None = None
     # Knowledge distillation.
     distill_from: tuple[str, ...] | None = None  # teachers (workdirs, exported models) to learn from beside the labels
     distill_weight: float = 0.5  # weight of the teachers' term in the loss; the labels' cross-entropy keeps 1 - weight
@@ -136,6 +139,7 @@ class Config:
             check(getattr(self, flag) >= 0, flag, "must be >= 0")
         check(0 <= self.ema < 1, "ema", "must be in [0, 1)")
         check(self.init_from != "", "init_from", "name a workdir or an exported model")
+        check(self.train_only is None or len(self.train_only) > 0, "train_only", "name at least one part of the model")
         check(self.distill_from is None or len(self.distill_from) > 0, "distill_from", "name at least one teacher")
         check(0 <= self.distill_weight <= 1, "distill_weight", "must be in [0, 1]")
         check(self.distill_temperature > 0, "distill_temperature", "must be positive")

@@ -97,11 +97,20 @@ def data_mesh(config: Config):
 
 def initial_state(key: jax.Array, model, config: Config, inputs: Inputs) -> train.TrainState:
     """The state a run on `inputs` starts from: fresh weights, and the training mean face, class weights,
-    HOG width and schedule length that the training split sets."""
-    return train.create_train_state(
+    HOG width and schedule length that the training split sets.
+
+    Raises:
+      ConfigError: --train_only names a part the model lacks.
+    """
+    state = train.create_train_state(
         key, model, config, mean_image=preprocess.training_mean(inputs.train.images),
         steps_per_epoch=data.num_batches(len(inputs.train), config.batch_size),
         weights=train.class_weights(inputs.train.labels, config.class_weighting), hog_dim=inputs.hog_dim)
+    unknown = [part for part in config.train_only or () if part not in state.params]
+    if unknown:
+        raise ConfigError(f"--train_only={','.join(config.train_only)}: {config.model} has no {', '.join(unknown)} "
+                          f"(its parts: {', '.join(state.params)})")
+    return state
 
 
 def load_teachers(config: Config) -> tuple[tuple[train.TrainState, ...], list[dict]]:

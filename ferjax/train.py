@@ -97,6 +97,7 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
 
     The learning rate is injected as a hyperparameter so that it is logged and checkpointed.
     'plateau' scales it by `reduce_on_plateau`, fed the training loss averaged over an epoch.
+    With `train_only`, the parameters outside those top-level parts get zero updates and no optimizer state.
     """
     schedule = learning_rate_schedule(config, steps_per_epoch)
     if config.optimizer == "adam":
@@ -114,7 +115,14 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
     if config.schedule == "plateau":
         parts.append(optax.contrib.reduce_on_plateau(
             factor=config.plateau_factor, patience=config.plateau_patience, accumulation_size=steps_per_epoch))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if config.train_only:
+        def labels(params):
+            return jax.tree_util.tree_map_with_path(
+                lambda path, _: "train" if path[0].key in config.train_only else "fixed", params)
+
+        tx = optax.partition({"train": tx, "fixed": optax.set_to_zero()}, labels)
+    return tx
 
 
 def current_learning_rate(opt_state) -> jax.Array:

@@ -266,6 +266,28 @@ def test_alignment_loss_by_hand():
     assert float(loss) == pytest.approx(3 * 4 / 4, rel=1e-6)
 
 
+def test_train_only_updates_the_named_parts_and_keeps_no_moments_for_the_rest(small_fer2013, tmp_path):
+    from ferjax import loop
+
+    config = configs.tiny_config(model="_tiny_stn_deep", train_only=("stn_loc",))
+    faces = small_fer2013.train
+    state = train.create_train_state(jax.random.key(0), models.create(config.model), config, steps_per_epoch=4,
+                                     mean_image=preprocess.training_mean(faces.images))
+    stepped, _ = jax.jit(functools.partial(train.train_step, config=config))(
+        state, next(data.batches(faces, 16)), jax.random.key(1))
+    for part in ("convs", "classifier"):
+        jax.tree.map(np.testing.assert_array_equal, stepped.params[part], state.params[part])
+    # theta's kernel starts at zero, so on the first step only theta itself has a gradient.
+    assert np.any(stepped.params["stn_loc"]["theta"]["kernel"] != state.params["stn_loc"]["theta"]["kernel"])
+    moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if getattr(leaf, "ndim", 0) > 0]
+    loc_sizes = sorted(leaf.size for leaf in jax.tree.leaves(state.params["stn_loc"]))
+    assert sorted(leaf.size for leaf in moments) == sorted(2 * loc_sizes)  # Adam's mu and nu, for stn_loc alone
+
+    with pytest.raises(configs.ConfigError, match="--train_only=stn_loc,trunk: _tiny_stn_deep has no trunk"):
+        loop.train_and_evaluate(dataclasses.replace(config, train_only=("stn_loc", "trunk")), str(tmp_path),
+                                dataset=small_fer2013)
+
+
 def test_train_step_adds_the_weighted_alignment_loss_of_the_warps_it_applied(small_fer2013):
     batch = _batch(small_fer2013.train, 16)
     batch["mask"] = (np.arange(16) < 12).astype(np.float32)  # the last four faces count for nothing
