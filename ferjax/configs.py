@@ -69,8 +69,8 @@ class Config:
     ema: float = 0.0  # decay of the weights' moving average, which evaluation and saved models use (0: off; e.g. 0.999)
     seed: int = 0  # root PRNG seed: init, shuffling, dropout and augmentation all derive from it
     init_from: str | None = None  # start from this model's weights (workdir or exported) where names and shapes match
-    # Fine-tune only these top-level parts of the model, e.g. stn_loc; the others keep their weights (their
-    # batch-norm statistics still follow the data).
+    # Fine-tune only these top-level parts of the model, e.g. stn_loc; the others keep their weights and
+    # batch-norm statistics.
     train_only: tuple[str, ...] | None = None
     # Knowledge distillation.
     distill_from: tuple[str, ...] | None = None  # teachers (workdirs, exported models) to learn from beside the labels

@@ -20,6 +20,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ferjax import checkpoint, data, evaluate, features, inference, models, parallel, plots, preprocess, runs, train
@@ -212,15 +213,23 @@ def evaluate_totals(eval_fn, state, split: data.Split, batch_size: int, extra, m
 
 def _log_images(writer: SummaryWriter, state, batch, config: Config, step: int) -> None:
     """A grid of augmented training inputs and, for attention models, the warped faces."""
-    faces, _, _ = preprocess.augment(jax.random.key(step), batch["image"][:32].astype(np.float32),
-                                     train._augment_config(config))
+    faces, warped = _image_summaries(state, {k: batch[k][:32] for k in ("image", "hog") if k in batch},
+                                     jax.random.key(step), train._augment_config(config), config.standardize)
     writer.image("train/augmented_inputs", plots.image_grid(np.asarray(faces)), step)
-    (_, aux) = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                              train.model_inputs(state, batch["image"][:16], config.standardize), train=False,
-                              **({"hog": batch["hog"][:16]} if "hog" in batch else {}))
-    if "warped" in aux and aux["warped"].shape[1:3] == batch["image"].shape[1:3]:
-        pairs = np.concatenate([np.asarray(batch["image"][:16], np.float32), np.asarray(aux["warped"][..., 0])])
+    if warped is not None and warped.shape[1:3] == batch["image"].shape[1:3]:
+        pairs = np.concatenate([np.asarray(batch["image"][:16], np.float32), np.asarray(warped[:16, ..., 0])])
         writer.image("stn/input_and_warped", plots.image_grid(pairs), step)
+
+
+@functools.partial(jax.jit, static_argnames=("augment", "standardize"))
+def _image_summaries(state, batch: dict, key: jax.Array, augment: preprocess.Augment, standardize: bool):
+    """The batch's faces as augmentation makes them, and what the spatial transformer warps them to (or None).
+    Jitted: one compile instead of a first run op by op."""
+    faces, _, _ = preprocess.augment(key, batch["image"].astype(jnp.float32), augment)
+    (_, aux) = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                              train.model_inputs(state, batch["image"], standardize), train=False,
+                              **({"hog": batch["hog"]} if "hog" in batch else {}))
+    return faces, aux.get("warped")
 
 
 @dataclasses.dataclass

@@ -300,7 +300,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). With `teachers` (evaluation
     states, from `loop.load_teachers`), the cross-entropy weighs 1 - config.distill_weight and
     `distillation_loss` against their mean prediction the rest. config.align_weight adds that times
-    `alignment_loss` of the spatial transformer's theta. With config.ema, the new weights
+    `alignment_loss` of the spatial transformer's theta. With config.train_only, only those top-level
+    parts change, batch-norm statistics included. With config.ema, the new weights
     also join their moving average. Returns the new state and device-scalar metrics (loss,
     cross_entropy, accuracy, learning_rate).
     """
@@ -329,7 +330,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
 
     (loss, (ce, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
-    variables = {"params": optax.apply_updates(state.params, param_updates), "batch_stats": updates["batch_stats"]}
+    batch_stats = updates["batch_stats"]
+    if config.train_only:  # the fixed parts keep their statistics too, so they compute what they computed before
+        batch_stats = {part: stats if part in config.train_only else state.batch_stats[part]
+                       for part, stats in batch_stats.items()}
+    variables = {"params": optax.apply_updates(state.params, param_updates), "batch_stats": batch_stats}
     averaged = state.averaged
     if config.ema:
         averaged = update_average(averaged, variables, state.step, config.ema)

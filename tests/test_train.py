@@ -277,6 +277,8 @@ def test_train_only_updates_the_named_parts_and_keeps_no_moments_for_the_rest(sm
         state, next(data.batches(faces, 16)), jax.random.key(1))
     for part in ("convs", "classifier"):
         jax.tree.map(np.testing.assert_array_equal, stepped.params[part], state.params[part])
+    jax.tree.map(np.testing.assert_array_equal, stepped.batch_stats["convs"], state.batch_stats["convs"])
+    assert np.any(stepped.batch_stats["stn_loc"]["bn_0"]["mean"] != state.batch_stats["stn_loc"]["bn_0"]["mean"])
     # theta's kernel starts at zero, so on the first step only theta itself has a gradient.
     assert np.any(stepped.params["stn_loc"]["theta"]["kernel"] != state.params["stn_loc"]["theta"]["kernel"])
     moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if getattr(leaf, "ndim", 0) > 0]
