@@ -153,7 +153,9 @@ def translation_profile(state: train.TrainState, split: data.Split, standardize:
     """
     if not has_attention(state):
         return None
-    (_, aux) = _apply(state, split.images[:1], standardize, None if hog is None else hog[:1])
+    # The warped map's size from the shapes alone: no face need go through the model for it.
+    (_, aux) = jax.eval_shape(functools.partial(_apply, standardize=standardize), state, split.images[:1],
+                              hog=None if hog is None else hog[:1])
     height, width = aux["warped"].shape[1:3]
     profile = {"faces": len(split), "offsets_px": [float(o) for o in offsets_px]}
     for axis, (name, size) in enumerate((("x", width), ("y", height))):
