@@ -217,18 +217,18 @@ def _log_images(writer: SummaryWriter, state, batch, config: Config, step: int) 
                                      jax.random.key(step), train._augment_config(config), config.standardize)
     writer.image("train/augmented_inputs", plots.image_grid(np.asarray(faces)), step)
     if warped is not None and warped.shape[1:3] == batch["image"].shape[1:3]:
-        pairs = np.concatenate([np.asarray(batch["image"][:16], np.float32), np.asarray(warped[:16, ..., 0])])
+        pairs = np.concatenate([np.asarray(batch["image"][:16], np.float32), np.asarray(warped[..., 0])])
         writer.image("stn/input_and_warped", plots.image_grid(pairs), step)
 
 
 @functools.partial(jax.jit, static_argnames=("augment", "standardize"))
 def _image_summaries(state, batch: dict, key: jax.Array, augment: preprocess.Augment, standardize: bool):
-    """The batch's faces as augmentation makes them, and what the spatial transformer warps them to (or None).
-    Jitted: one compile instead of a first run op by op."""
+    """The batch's faces as augmentation makes them, and what the spatial transformer warps the first 16 to
+    (or None). Jitted: one compile instead of a first run op by op."""
     faces, _, _ = preprocess.augment(key, batch["image"].astype(jnp.float32), augment)
     (_, aux) = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                              train.model_inputs(state, batch["image"], standardize), train=False,
-                              **({"hog": batch["hog"]} if "hog" in batch else {}))
+                              train.model_inputs(state, batch["image"][:16], standardize), train=False,
+                              **({"hog": batch["hog"][:16]} if "hog" in batch else {}))
     return faces, aux.get("warped")
 
 
