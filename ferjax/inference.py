@@ -29,6 +29,7 @@ from ferjax.configs import Config
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 DEFAULT_MODEL = os.path.join(ASSETS, "default_model")  # .msgpack weights + .json meta
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding
+CLASSIFY_BATCH = 256  # faces per forward pass in `Predictor.classify`: bounds its memory for any number of faces
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -129,9 +130,18 @@ class Predictor:
             train.tta_log_probs(state, {"image": faces}, tta=tta, standardize=self.config.standardize)))
 
     def classify(self, faces_Nx48x48: np.ndarray) -> np.ndarray:
-        """Class probabilities [N, 7] of already-cropped 48x48 faces (uint8 or [0, 255] floats)."""
+        """Class probabilities [N, 7] of already-cropped 48x48 faces (uint8 or [0, 255] floats).
+
+        Any N: the faces go through in chunks of at most CLASSIFY_BATCH, each filled up with repeats of its
+        faces to a power of two, so memory stays bounded and a few shapes compile.
+        """
         faces = np.asarray(faces_Nx48x48, np.float32)
-        return np.asarray(self._probs(self.state, faces))
+        probs = [np.zeros((0, len(self.class_names)), np.float32)]
+        for start in range(0, len(faces), CLASSIFY_BATCH):
+            chunk = faces[start:start + CLASSIFY_BATCH]
+            padded = np.resize(chunk, (1 << (len(chunk) - 1).bit_length(), *chunk.shape[1:]))
+            probs.append(np.asarray(self._probs(self.state, padded))[:len(chunk)])
+        return np.concatenate(probs)
 
     def predict(self, image: np.ndarray, *, detect: bool = True) -> list[dict]:
         """Per face: its box [x, y, w, h], the most likely emotion and all seven probabilities.

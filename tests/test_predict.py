@@ -80,6 +80,18 @@ def test_no_detect_on_fer2013_test_faces(predictor, fer2013):
     assert single[0]["probs"][single[0]["emotion"]] == pytest.approx(probs[0].max(), abs=1e-3)
 
 
+def test_classify_takes_any_number_of_faces_in_bounded_chunks(predictor, fer2013, monkeypatch):
+    faces = data.stratified_subset(fer2013.test, 70).images[:11]
+    one_by_one = np.concatenate([predictor.classify(face[None]) for face in faces])
+    shapes = []
+    probs_fn = predictor._probs
+    monkeypatch.setattr(predictor, "_probs", lambda state, x: shapes.append(len(x)) or probs_fn(state, x))
+    monkeypatch.setattr(inference, "CLASSIFY_BATCH", 4)
+    np.testing.assert_allclose(predictor.classify(faces), one_by_one, atol=1e-5)
+    assert shapes == [4, 4, 4]  # 4 + 4 + 3, the last chunk filled up to 4
+    assert predictor.classify(faces[:0]).shape == (0, 7)
+
+
 def test_flip_tta_averages_the_face_and_its_mirror(predictor, fer2013):
     faces = data.stratified_subset(fer2013.test, 70).images
     flip = inference.Predictor(tta="flip")
