@@ -1,5 +1,6 @@
 """Emotions in real photos with the bundled model: detection, preprocessing, outputs and bad inputs."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -160,3 +161,20 @@ def test_unreadable_checkpoint_is_one_line(tmp_path):
                           "--image=x.jpg"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1
     assert run.stderr.strip().startswith("error:") and "nothing" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_photo_framing_scores_detector_crops_with_every_resize_method(tmp_path, fer2013_dir, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("photo_framing", os.path.join(REPO, "scripts", "photo_framing.py"))
+    photo_framing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(photo_framing)
+    output = tmp_path / "val.json"
+    monkeypatch.setenv(data.DATA_DIR_ENV, fer2013_dir)
+    photo_framing.main(["--split=val", "--limit=28", f"--output={output}"])
+    results = json.loads(output.read_text())
+    assert results["faces"] == 28 and 0 < results["detected"] <= 28
+    for key in ("accuracy_enlarged_faces_resized", "accuracy_detector_crops_resized"):
+        assert set(results[key]) == set(photo_framing.RESIZE_METHODS)
+        assert all(0 <= accuracy <= 1 for accuracy in results[key].values())
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="error: .*missing"):
+        photo_framing.main(["--split=val", f"--output={output}"])
