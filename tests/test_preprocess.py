@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from skimage.transform import resize as sk_resize
 
-from ferjax import configs, preprocess, spatial
+from ferjax import configs, data, preprocess, spatial
 
 
 def test_luminosity_weights():
@@ -40,6 +41,15 @@ def test_resize_is_anti_aliased():
     np.testing.assert_allclose(resized[8:-8, 8:-8], 127.5, atol=20)
     constant = preprocess.resize(np.full((100, 70), 42.0), 48)
     np.testing.assert_allclose(constant, 42.0, atol=1e-4)
+
+
+def test_resize_keeps_faces_sharp(fer2013):
+    # A face enlarged smoothly (as a photo shows it) comes back close to itself: 1.5 grey levels off on
+    # average, where a Gaussian pre-filter (scikit-image's anti-aliasing) leaves it 2.9 off.
+    faces = data.stratified_subset(fer2013.test, 50).images.astype(np.float32)
+    enlarged = [sk_resize(face, (192, 192), order=3, preserve_range=True) for face in faces]
+    error = np.mean([np.abs(preprocess.resize(big, 48) - face).mean() for big, face in zip(enlarged, faces)])
+    assert error < 2.0
 
 
 def test_to_face_converts_any_image():
