@@ -13,7 +13,7 @@ from PIL import Image
 from skimage import data as skdata
 
 import ferjax
-from ferjax import data, inference, train
+from ferjax import data, inference, preprocess, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,6 +91,28 @@ def test_classify_takes_any_number_of_faces_in_bounded_chunks(predictor, fer2013
     np.testing.assert_allclose(predictor.classify(faces), one_by_one, atol=1e-5)
     assert shapes == [4, 4, 4]  # 4 + 4 + 3, the last chunk filled up to 4
     assert predictor.classify(faces[:0]).shape == (0, 7)
+
+
+def test_crop_face_scales_and_moves_the_box_and_repeats_the_border_past_the_image():
+    gray = np.random.default_rng(0).uniform(0, 255, (120, 90)).astype(np.float32)
+    np.testing.assert_array_equal(inference.crop_face(gray, (10, 20, 50, 50)),
+                                  preprocess.to_face(gray[20:70, 10:60], 48))
+    np.testing.assert_array_equal(inference.crop_face(gray, (20, 30, 40, 40), scale=1.5, dx=0.25, dy=-0.25),
+                                  preprocess.to_face(gray[10:70, 20:80], 48))
+    np.testing.assert_array_equal(inference.crop_face(gray, (0, 0, 90, 120)), preprocess.to_face(gray, 48))
+    past_the_corner = np.pad(gray, ((0, 10), (0, 10)), mode="edge")[70:130, 40:100]
+    np.testing.assert_array_equal(inference.crop_face(gray, (40, 70, 60, 60)), preprocess.to_face(past_the_corner, 48))
+
+
+def test_reframe_averages_the_views_around_each_detected_box(predictor):
+    photo = skdata.astronaut()
+    gray = inference.to_gray(photo)
+    (box,) = inference.detect_faces(gray)
+    views = np.stack([inference.crop_face(gray, box, *framing) for framing in inference.REFRAMINGS])
+    expected = predictor.classify(views).mean(0)
+    (face,) = inference.Predictor(reframe=True).predict(photo)
+    assert face["box"] == list(box)
+    np.testing.assert_allclose([face["probs"][name] for name in data.CLASS_NAMES], expected, atol=1e-4)
 
 
 def test_flip_tta_averages_the_face_and_its_mirror(predictor, fer2013):
