@@ -3,7 +3,8 @@
 Each face of a split is enlarged (bicubic, --upscale times) into a photo on a black background, found
 with predict's face detector, cut out at the detector's box and resized back to 48x48 with each
 resize method; the model classifies the FER2013 faces as they are, the enlarged faces resized back
-whole (what resizing alone costs) and the detector's crops (resizing and the detector's framing):
+whole (what resizing alone costs) and the detector's crops (resizing and the detector's framing), and
+averages its probabilities over sets of framings around the detector's box (`predict --reframe`):
 
     python scripts/photo_framing.py --split=val --output=results/photo_framing/val.json
 
@@ -38,6 +39,17 @@ RESIZE_METHODS = {
 }
 
 
+# Views of each detector box, (scale, dx, dy) as inference.crop_face takes them, whose probabilities are averaged.
+FRAMING_SETS = {
+    "box": ((1.0, 0, 0),),
+    "box_x1.1": ((1.1, 0, 0),),
+    "box_x1.0_x1.1": ((1.0, 0, 0), (1.1, 0, 0)),
+    "reframe": inference.REFRAMINGS,
+    "box_x0.9_to_x1.2_moved": tuple((scale, dx, dy) for scale in (0.9, 1.0, 1.1, 1.2)
+                                    for dx, dy in ((0, 0), (-0.05, 0), (0.05, 0), (0, -0.05), (0, 0.05))),
+}
+
+
 def _as_faces(images):
     return np.clip(np.round(np.stack(images)), 0, 255).astype(np.uint8)
 
@@ -58,16 +70,19 @@ def main(argv=None) -> None:
         sys.exit(f"error: {e}")
 
     size, border = data.IMAGE_SIZE * args.upscale, data.IMAGE_SIZE * args.upscale // 2
-    found, enlarged, crops = [], [], []
+    framings = sorted({framing for views in FRAMING_SETS.values() for framing in views})
+    found, enlarged, crops, framed = [], [], [], []
     start = time.time()
     for i, face in enumerate(faces.images):
         photo = np.clip(sk_resize(face.astype(np.float32), (size, size), order=3, preserve_range=True), 0, 255)
-        boxes = inference.detect_faces(np.pad(photo, border), 0.1)
+        canvas = np.pad(photo, border)
+        boxes = inference.detect_faces(canvas, 0.1)
         if boxes:
             x, y, w, h = boxes[0]
             found.append(i)
             enlarged.append(photo)
-            crops.append(np.pad(photo, border)[y:y + h, x:x + w])
+            crops.append(canvas[y:y + h, x:x + w])
+            framed.append([inference.crop_face(canvas, boxes[0], *framing) for framing in framings])
         if (i + 1) % 500 == 0 or i + 1 == len(faces):
             rate = (i + 1) / (time.time() - start)
             print(f"{i + 1}/{len(faces)} faces, {len(found)} found, {rate:.0f} faces/s, "
@@ -77,10 +92,16 @@ def main(argv=None) -> None:
     def accuracy(faces_Nx48x48):
         return float(np.mean(predictor.classify(faces_Nx48x48).argmax(-1) == labels))
 
+    framed = np.stack(framed)
+    framed_probs = predictor.classify(framed.reshape(-1, *framed.shape[2:])).reshape(*framed.shape[:2], -1)
+
     results = {
         "split": args.split, "faces": len(faces), "detected": len(found), "upscale": args.upscale,
         "model": args.checkpoint or "bundled", "accuracy_fer2013_faces": accuracy(faces.images[found]),
         "accuracy_enlarged_faces_resized": {}, "accuracy_detector_crops_resized": {},
+        "accuracy_detector_framings": {
+            name: float(np.mean(framed_probs[:, [framings.index(f) for f in views]].mean(1).argmax(-1) == labels))
+            for name, views in FRAMING_SETS.items()},
         "device": loop.device_description(), "commit": loop.git_commit(), "command": " ".join(["python", *sys.argv]),
     }
     for name, resize in RESIZE_METHODS.items():
