@@ -30,10 +30,6 @@ ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 DEFAULT_MODEL = os.path.join(ASSETS, "default_model")  # .msgpack weights + .json meta
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding
 CLASSIFY_BATCH = 256  # faces per forward pass in `Predictor.classify`: bounds its memory for any number of faces
-# (scale, dx, dy) of each view `Predictor(reframe=True)` averages: the detector's box as it is and 1.1 times as
-# large, each also moved by 5% of its size left, right, up and down. Chosen on val (scripts/photo_framing.py).
-REFRAMINGS = tuple((scale, dx, dy) for scale in (1.0, 1.1)
-                   for dx, dy in ((0, 0), (-0.05, 0), (0.05, 0), (0, -0.05), (0, 0.05)))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -224,6 +220,17 @@ def detect_faces(gray_HxW: np.ndarray, min_face_fraction: float = 0.1) -> list[t
         if all(_overlap(box, other) < 0.5 for other in kept):
             kept.append(box)
     return kept
+
+
+def framing_grid(scales, moves) -> tuple[tuple[float, float, float], ...]:
+    """(scale, dx, dy) views for `crop_face`: the box at each scale, as it is and moved by each of `moves`
+    (fractions of its size) left, right, up and down."""
+    offsets = [(0.0, 0.0)] + [offset for m in moves for offset in ((-m, 0.0), (m, 0.0), (0.0, -m), (0.0, m))]
+    return tuple((scale, dx, dy) for scale in scales for dx, dy in offsets)
+
+
+# The views `Predictor(reframe=True)` averages, chosen on val (scripts/photo_framing.py).
+REFRAMINGS = framing_grid((1.0, 1.1), (0.05,))
 
 
 def crop_face(gray_HxW: np.ndarray, box, scale: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> np.ndarray:

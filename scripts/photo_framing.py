@@ -41,12 +41,15 @@ RESIZE_METHODS = {
 
 # Views of each detector box, (scale, dx, dy) as inference.crop_face takes them, whose probabilities are averaged.
 FRAMING_SETS = {
-    "box": ((1.0, 0, 0),),
-    "box_x1.1": ((1.1, 0, 0),),
-    "box_x1.0_x1.1": ((1.0, 0, 0), (1.1, 0, 0)),
+    "box": inference.framing_grid((1.0,), ()),
+    "box_x1.1": inference.framing_grid((1.1,), ()),
+    "x1.0_x1.1": inference.framing_grid((1.0, 1.1), ()),
+    "x1.0_x1.1_moved_5%": inference.framing_grid((1.0, 1.1), (0.05,)),
+    "x0.9_to_x1.2_moved_5%": inference.framing_grid((0.9, 1.0, 1.1, 1.2), (0.05,)),
+    "x0.9_to_x1.2_moved_5%_10%": inference.framing_grid((0.9, 1.0, 1.1, 1.2), (0.05, 0.1)),
+    "x0.8_to_x1.3_moved_5%": inference.framing_grid((0.8, 0.9, 1.0, 1.1, 1.2, 1.3), (0.05,)),
+    "x0.8_to_x1.3_moved_5%_10%": inference.framing_grid((0.8, 0.9, 1.0, 1.1, 1.2, 1.3), (0.05, 0.1)),
     "reframe": inference.REFRAMINGS,
-    "box_x0.9_to_x1.2_moved": tuple((scale, dx, dy) for scale in (0.9, 1.0, 1.1, 1.2)
-                                    for dx, dy in ((0, 0), (-0.05, 0), (0.05, 0), (0, -0.05), (0, 0.05))),
 }
 
 

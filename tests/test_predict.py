@@ -104,6 +104,14 @@ def test_crop_face_scales_and_moves_the_box_and_repeats_the_border_past_the_imag
     np.testing.assert_array_equal(inference.crop_face(gray, (40, 70, 60, 60)), preprocess.to_face(past_the_corner, 48))
 
 
+def test_framing_grid_moves_every_scale_of_the_box_each_way():
+    views = inference.framing_grid((1.0, 1.1), (0.05,))
+    assert len(views) == 10 and views[:5] == ((1.0, 0, 0), (1.0, -0.05, 0), (1.0, 0.05, 0), (1.0, 0, -0.05),
+                                              (1.0, 0, 0.05))
+    assert views[5] == (1.1, 0, 0)
+    assert len(inference.framing_grid((0.9, 1.0), (0.05, 0.1))) == 18
+
+
 def test_reframe_averages_the_views_around_each_detected_box(predictor):
     photo = skdata.astronaut()
     gray = inference.to_gray(photo)
