@@ -23,8 +23,9 @@ flags.DEFINE_string("output", None, "write annotated copies of the photos to thi
 flags.DEFINE_float("min_face", 0.1, "smallest face to detect, as a fraction of the image's shorter side")
 flags.DEFINE_enum("tta", "none", train.TTA_MODES, "test-time augmentation: average over the mirrored face "
                   "('flip') or ten windows ('tencrop'), more accurate and slower")
-flags.DEFINE_bool("reframe", False, "also average over the detector's box scaled and moved a little "
-                  "(inference.REFRAMINGS): 36 views of each face, more accurate on faces cut from photos")
+flags.DEFINE_bool("reframe", False, "also average over each face's box (the detector's, or the whole image "
+                  "with --no_detect) scaled and moved a little (inference.REFRAMINGS): 36 views of each face, "
+                  "more accurate on faces cut from photos")
 FLAGS = flags.FLAGS
 
 

@@ -120,7 +120,7 @@ class Predictor:
                  reframe: bool = False):
         """`tta` averages the probabilities over test-time augmentations (`train.TTA_MODES`): 'flip' adds
         the mirrored face, 'tencrop' ten windows; the model card gives the test accuracy of each.
-        `reframe` also averages them over the detector's box scaled and moved (REFRAMINGS): the model
+        `reframe` also averages them over each face's box scaled and moved (REFRAMINGS): the model
         scores the detector's crops below FER2013's own framing of the same faces (scripts/photo_framing.py)."""
         train.check_tta(tta)  # before loading, not at the first face
         self.state, self.meta = load_model(path)

@@ -90,6 +90,8 @@ def main(argv=None) -> None:
             rate = (i + 1) / (time.time() - start)
             print(f"{i + 1}/{len(faces)} faces, {len(found)} found, {rate:.0f} faces/s, "
                   f"ETA {(len(faces) - i - 1) / rate:.0f} s", flush=True)
+    if not found:
+        sys.exit(f"error: the face detector found none of the {len(faces)} faces")
     labels = faces.labels[found]
 
     def accuracy(faces_Nx48x48):

@@ -205,6 +205,9 @@ def test_photo_framing_scores_detector_crops_with_every_resize_method(tmp_path, 
     for key in ("accuracy_enlarged_faces_resized", "accuracy_detector_crops_resized"):
         assert set(results[key]) == set(photo_framing.RESIZE_METHODS)
         assert all(0 <= accuracy <= 1 for accuracy in results[key].values())
+    monkeypatch.setattr(inference, "detect_faces", lambda *args: [])
+    with pytest.raises(SystemExit, match="error: the face detector found none of the 7 faces"):
+        photo_framing.main(["--split=val", "--limit=7", f"--output={output}"])
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "missing"))
     with pytest.raises(SystemExit, match="error: .*missing"):
         photo_framing.main(["--split=val", f"--output={output}"])
