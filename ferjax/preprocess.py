@@ -50,7 +50,7 @@ def resize(image_HxW: np.ndarray, size: int = 48) -> np.ndarray:
     """Lanczos resize to size x size (PIL's, anti-aliased), float32 on the input's scale.
 
     The model wants faces as sharp as FER2013's: on faces cut from photos, scikit-image's Gaussian
-    pre-filter cost 1-2 points of val accuracy that Lanczos keeps (scripts/photo_framing.py). Its
+    pre-filter cost 2 points of val accuracy that Lanczos keeps (scripts/photo_framing.py). Its
     lobes can overshoot the input's range a little; `to_face` clips.
     """
     from PIL import Image
