@@ -6,7 +6,7 @@ resize method; the model classifies the FER2013 faces as they are, the enlarged 
 whole (what resizing alone costs) and the detector's crops (resizing and the detector's framing), and
 averages its probabilities over sets of framings around the detector's box (`predict --reframe`):
 
-    python scripts/photo_framing.py --split=val --output=results/photo_framing/val.json
+    python scripts/photo_framing.py --split=val [--tta=flip] --output=results/photo_framing/val.json
 
 Writes the accuracies, on the faces the detector finds, with the command, commit and device.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from skimage.transform import resize as sk_resize
 
-from ferjax import checkpoint, data, host_memory, inference, loop
+from ferjax import checkpoint, data, host_memory, inference, loop, train
 
 
 def _pil(method):
@@ -61,6 +61,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--checkpoint", default=None, help="model to classify with (default: the bundled one)")
+    parser.add_argument("--tta", default="none", choices=train.TTA_MODES, help="the model's test-time augmentation")
     parser.add_argument("--upscale", type=int, default=4, help="how many times each face is enlarged")
     parser.add_argument("--limit", type=int, default=None, help="a stratified subset of this many faces")
     parser.add_argument("--output", required=True, help="where to write the JSON")
@@ -68,7 +69,7 @@ def main(argv=None) -> None:
     host_memory.keep_freed_memory()
     try:
         faces = data.stratified_subset(data.load().split(args.split), args.limit)
-        predictor = inference.Predictor(args.checkpoint)
+        predictor = inference.Predictor(args.checkpoint, tta=args.tta)
     except (data.DataError, checkpoint.CheckpointError) as e:
         sys.exit(f"error: {e}")
 
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
     framed_probs = predictor.classify(framed.reshape(-1, *framed.shape[2:])).reshape(*framed.shape[:2], -1)
 
     results = {
-        "split": args.split, "faces": len(faces), "detected": len(found), "upscale": args.upscale,
+        "split": args.split, "tta": args.tta, "faces": len(faces), "detected": len(found), "upscale": args.upscale,
         "model": args.checkpoint or "bundled", "accuracy_fer2013_faces": accuracy(faces.images[found]),
         "accuracy_enlarged_faces_resized": {}, "accuracy_detector_crops_resized": {},
         "accuracy_detector_framings": {
