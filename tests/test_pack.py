@@ -1,18 +1,15 @@
 """Packing FER2013 into one compact file and back to the challenge CSV loses nothing."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import numpy as np
+from script_loader import REPO, load_script
 
 from ferjax import data
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("pack_fer2013", os.path.join(REPO, "scripts", "pack_fer2013.py"))
-pack_fer2013 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pack_fer2013)
+pack_fer2013 = load_script("pack_fer2013")
 
 
 def test_pack_then_csv_reads_back_the_same_faces(small_fer2013, tmp_path):

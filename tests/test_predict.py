@@ -1,6 +1,5 @@
 """Emotions in real photos with the bundled model: detection, preprocessing, outputs and bad inputs."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from script_loader import load_script
 from skimage import data as skdata
 
 import ferjax
@@ -194,9 +194,7 @@ def test_unreadable_checkpoint_is_one_line(tmp_path):
 
 
 def test_photo_framing_scores_detector_crops_with_every_resize_method(tmp_path, fer2013_dir, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("photo_framing", os.path.join(REPO, "scripts", "photo_framing.py"))
-    photo_framing = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(photo_framing)
+    photo_framing = load_script("photo_framing")
     output = tmp_path / "val.json"
     monkeypatch.setenv(data.DATA_DIR_ENV, fer2013_dir)
     photo_framing.main(["--split=val", "--limit=28", f"--output={output}"])

@@ -1,24 +1,14 @@
 """The results scripts read metrics.json files: the tables, the seed summary and the time-to-accuracy plot."""
 
-import importlib.util
 import json
-import os
 import statistics
+
+from script_loader import load_script
 
 from ferjax import runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-results_table = _script("results_table")
-time_to_accuracy = _script("time_to_accuracy")
+results_table = load_script("results_table")
+time_to_accuracy = load_script("time_to_accuracy")
 
 
 def _metrics(seed: int, test: float, crop: int = 40) -> dict:
@@ -95,7 +85,7 @@ def test_time_to_accuracy_plots_runs_and_rejects_a_foreign_file(tmp_path, capsys
     assert len(err.splitlines()) == 1 and str(evaluation) in err and "no model" in err
 
 
-profile_table = _script("profile_table")
+profile_table = load_script("profile_table")
 
 
 def _profile(folder, accuracy, answers=None, settings=(-10.0, 0.0, 10.0), kind="tilt"):
