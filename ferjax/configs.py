@@ -44,6 +44,7 @@ class Config:
     rotate: float = 0.0  # random rotation by up to this many degrees
     scale: float = 0.0  # random zoom in [1 - scale, 1 + scale]
     erase: float = 0.0  # random-erasing probability
+    mixup: float = 0.0  # mixup's Beta(a, a) concentration a: each face blended with another, labels alike (0: off)
     crop: int = 0  # train on random crop x crop windows, predict on the centre one (or ten); 0: the whole face
     hog_orientations: int = 9  # HOG model: orientation bins
     hog_pixels_per_cell: int = 8  # HOG model: cell size in pixels
@@ -121,6 +122,7 @@ class Config:
         check(0 <= self.rotate <= 180, "rotate", "must be in [0, 180]")
         check(0 <= self.scale < 1, "scale", "must be in [0, 1)")
         check(0 <= self.erase <= 1, "erase", "must be a probability")
+        check(self.mixup >= 0, "mixup", "must be >= 0 (0: off)")
         check(self.crop == 0 or 16 <= self.crop < data.IMAGE_SIZE, "crop",
               f"must be 0 (the whole face) or in [16, {data.IMAGE_SIZE})")
         for flag in ("hog_orientations", "hog_pixels_per_cell", "hog_cells_per_block", "epochs", "batch_size",
@@ -156,6 +158,10 @@ class Config:
               "needs a model with a spatial transformer (stn, stn_deep)")
         check(not self.align_weight or self.rotate or self.scale, "align_weight",
               "needs --rotate or --scale: their turns and zooms are what the transformer learns to undo")
+        check(not self.mixup or not model.needs_hog, "mixup",
+              "not for the HOG model: its HOG vectors are computed ahead of training, from the faces unblended")
+        check(not self.mixup or not self.align_weight, "mixup",
+              "not with --align_weight: a blend of two faces has no one augmentation to undo")
         return self
 
     def to_json(self) -> str:

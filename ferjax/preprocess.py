@@ -187,6 +187,24 @@ def erase_mask(rng: jax.Array, batch: int, height: int, width: int, prob: float)
     return in_rows_BxH[:, :, None] & in_cols_BxW[:, None, :] & apply_B[:, None, None]
 
 
+def mixup(rng: jax.Array, x_BxHxW: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Blends every face with a partner from the same batch (Zhang et al., 2018).
+
+    Face i becomes lam_i * face_i + (1 - lam_i) * face_{partner_i}, lam_i ~ Beta(alpha, alpha) drawn per
+    face, partners a random permutation of the batch. Padding rows of a batch repeat real faces (see
+    `data.batches`), so every partner is a real face with a real label.
+
+    Returns:
+      (mixed faces, partner_B, lam_B): the labels mix with the same partners and weights.
+    """
+    k_lam, k_partner = jax.random.split(rng)
+    batch = x_BxHxW.shape[0]
+    lam_B = jax.random.beta(k_lam, alpha, alpha, (batch,))
+    partner_B = jax.random.permutation(k_partner, batch)
+    lam_Bx1x1 = lam_B[:, None, None]
+    return lam_Bx1x1 * x_BxHxW + (1 - lam_Bx1x1) * x_BxHxW[partner_B], partner_B, lam_B
+
+
 def crop(x_BxHxW: jax.Array, size: int, offsets_Bx2: jax.Array) -> jax.Array:
     """Each image's size x size window whose top-left corner is at its (row, column) offset."""
     return jax.vmap(lambda x, o: jax.lax.dynamic_slice(x, (o[0], o[1]), (size, size)))(x_BxHxW, offsets_Bx2)

@@ -223,9 +223,10 @@ def _augment_config(config: Config) -> preprocess.Augment:
                               config.erase)
 
 
-def weighted_cross_entropy(logits_BxK, labels_B, weights_B, label_smoothing: float) -> jax.Array:
-    """Mean cross-entropy over the samples with non-zero weight (weights: mask x class weight)."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BxK.shape[-1]), label_smoothing)
+def weighted_cross_entropy(logits_BxK, targets_BxK, weights_B, label_smoothing: float) -> jax.Array:
+    """Mean cross-entropy against target distributions (one-hot labels, or mixup's blends), smoothed by
+    `label_smoothing`, over the samples with non-zero weight (weights: mask x class weight)."""
+    targets = optax.smooth_labels(targets_BxK, label_smoothing)
     per_sample = optax.softmax_cross_entropy(logits_BxK, targets)
     return jnp.sum(per_sample * weights_B) / jnp.maximum(jnp.sum(weights_B), 1e-9)
 
@@ -297,7 +298,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
                config: Config) -> tuple[TrainState, dict]:
     """One optimisation step on a batch {'image': uint8 BxHxW, 'label', 'mask'[, 'hog', 'hog_flipped']}.
 
-    Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). With `teachers` (evaluation
+    Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). With config.mixup, faces and
+    their labels are blended in pairs (`preprocess.mixup`) after the geometric augmentation, and the
+    teachers see the blends too. With `teachers` (evaluation
     states, from `loop.load_teachers`), the cross-entropy weighs 1 - config.distill_weight and
     `distillation_loss` against their mean prediction the rest. config.align_weight adds that times
     `alignment_loss` of the spatial transformer's theta. With config.train_only, only those top-level
@@ -311,18 +314,22 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     crop_at = preprocess.random_crop_offsets(k_crop, *faces.shape, state.crop) if state.crop else None
     window_hw = (state.crop, state.crop) if state.crop else faces.shape[1:]
     erased = preprocess.erase_mask(k_erase, faces.shape[0], *window_hw, aug.erase) if aug.erase else None
+    targets_BxK = jax.nn.one_hot(batch["label"], data.NUM_CLASSES)
+    if config.mixup:  # a key folded in, not a fifth split: the other keys stay those of runs without mixup
+        faces, partner_B, lam_B = preprocess.mixup(jax.random.fold_in(rng, 1), faces, config.mixup)
+        targets_BxK = lam_B[:, None] * targets_BxK + (1 - lam_B[:, None]) * targets_BxK[partner_B]
     x = _training_view(state, faces, config, crop_at, erased)
-    weights_B = batch["mask"] * state.class_weights[batch["label"]]
-    targets = teacher_probs(teachers, faces, crop_at, erased, config) if teachers else None
+    weights_B = batch["mask"] * jnp.sum(targets_BxK * state.class_weights[None], -1)  # a blend weighs as its classes do
+    teacher_BxK = teacher_probs(teachers, faces, crop_at, erased, config) if teachers else None
 
     def loss_fn(params):
         (logits, aux), updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, x, train=True,
             rngs={"dropout": k_dropout}, mutable=["batch_stats"], **_hog_input(batch, flipped_B))
-        ce = weighted_cross_entropy(logits, batch["label"], weights_B, config.label_smoothing)
+        ce = weighted_cross_entropy(logits, targets_BxK, weights_B, config.label_smoothing)
         data_loss = ce
-        if targets is not None:
-            distilled = distillation_loss(logits, targets, weights_B, config.distill_temperature)
+        if teacher_BxK is not None:
+            distilled = distillation_loss(logits, teacher_BxK, weights_B, config.distill_temperature)
             data_loss = (1 - config.distill_weight) * ce + config.distill_weight * distilled
         if config.align_weight:
             data_loss += config.align_weight * alignment_loss(aux["theta"], applied_Bx2x3, weights_B)
@@ -339,7 +346,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     if config.ema:
         averaged = update_average(averaged, variables, state.step, config.ema)
     state = state.replace(step=state.step + 1, opt_state=opt_state, averaged=averaged, **variables)
-    correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * batch["mask"])
+    # Against a blend's larger part: the label itself without mixup.
+    correct = jnp.sum((jnp.argmax(logits, -1) == jnp.argmax(targets_BxK, -1)) * batch["mask"])
     metrics = {
         "loss": loss,
         "cross_entropy": ce,

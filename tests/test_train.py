@@ -32,7 +32,7 @@ def test_l2_penalty_counts_kernels_only():
 
 def test_weighted_cross_entropy_by_hand():
     logits = jnp.log(jnp.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]))
-    labels = jnp.array([0, 1, 2])
+    labels = jax.nn.one_hot(jnp.array([0, 1, 2]), 3)
     weights = jnp.array([1.0, 3.0, 0.0])  # the last sample is padding
     expected = (-np.log(0.5) - 3 * np.log(0.8)) / 4
     assert float(train.weighted_cross_entropy(logits, labels, weights, 0.0)) == pytest.approx(expected, rel=1e-5)
@@ -316,6 +316,39 @@ def test_train_step_adds_the_weighted_alignment_loss_of_the_warps_it_applied(sma
 def test_alignment_needs_attention_and_a_warp_to_undo(fields, message):
     with pytest.raises(configs.ConfigError, match=f"--align_weight=1.0: {message}"):
         configs.tiny_config(align_weight=1.0, **fields)
+
+
+def test_mixup_blends_the_labels_and_class_weights_as_the_faces(small_fer2013):
+    config = configs.tiny_config(mixup=0.4, flip=False, dropout=0.0)
+    state = _state(config, small_fer2013.train)
+    class_weights = np.arange(1.0, 8.0, dtype=np.float32)
+    state = state.replace(class_weights=jnp.asarray(class_weights))
+    batch = next(data.batches(small_fer2013.train, 16, shuffle_seed=0))  # shuffled: faces of several classes
+    batch["mask"] = (np.arange(16) < 12).astype(np.float32)
+    rng = jax.random.key(0)
+    _, metrics = jax.jit(functools.partial(train.train_step, config=config))(state, batch, rng)
+
+    # The step blends with the key folded in at 1; without flip or warps the faces reach it unchanged.
+    mixed, partner, lam = preprocess.mixup(jax.random.fold_in(rng, 1), batch["image"].astype(jnp.float32), 0.4)
+    (logits, _), _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                                    train.model_inputs(state, mixed, False), train=True, mutable=["batch_stats"])
+    log_probs = np.asarray(jax.nn.log_softmax(logits))
+    labels, partner, lam = batch["label"], np.asarray(partner), np.asarray(lam)
+    rows = np.arange(16)
+    per_face = -(lam * log_probs[rows, labels] + (1 - lam) * log_probs[rows, labels[partner]])
+    weights = batch["mask"] * (lam * class_weights[labels] + (1 - lam) * class_weights[labels[partner]])
+    assert np.any(labels != labels[partner])
+    assert float(metrics["cross_entropy"]) == pytest.approx(np.sum(weights * per_face) / np.sum(weights), rel=1e-4)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"model": "_tiny_hog"}, "not for the HOG model"),
+    ({"model": "_tiny_stn_deep", "rotate": 10, "align_weight": 1.0}, "not with --align_weight"),
+    ({"mixup": -0.2}, "must be >= 0"),
+])
+def test_mixup_refuses_what_it_cannot_blend(fields, message):
+    with pytest.raises(configs.ConfigError, match=f"--mixup=.*: {message}"):
+        configs.tiny_config(**{"mixup": 0.2, **fields})
 
 
 def test_bfloat16_computation_keeps_float32_parameters(small_fer2013):
