@@ -299,10 +299,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     """One optimisation step on a batch {'image': uint8 BxHxW, 'label', 'mask'[, 'hog', 'hog_flipped']}.
 
     Loss = weighted cross-entropy + config.l2 * 0.5 * sum(kernel^2). With config.mixup, faces and
-    their labels are blended in pairs (`preprocess.mixup`) after the geometric augmentation, and the
-    teachers see the blends too. With `teachers` (evaluation
-    states, from `loop.load_teachers`), the cross-entropy weighs 1 - config.distill_weight and
-    `distillation_loss` against their mean prediction the rest. config.align_weight adds that times
+    their labels are blended in pairs (`preprocess.mixup`) after the geometric augmentation. With
+    `teachers` (evaluation states, from `loop.load_teachers`), which see the same blends, the
+    cross-entropy weighs 1 - config.distill_weight and `distillation_loss` against their mean
+    prediction the rest. config.align_weight adds that times
     `alignment_loss` of the spatial transformer's theta. With config.train_only, only those top-level
     parts change, batch-norm statistics included. With config.ema, the new weights
     also join their moving average. Returns the new state and device-scalar metrics (loss,

@@ -179,12 +179,12 @@ def test_augmentation_is_deterministic_in_its_key():
 
 def test_mixup_blends_each_face_with_its_partner_by_its_share():
     faces = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (8, 6, 6)), jnp.float32)
-    mixed, partner, lam = preprocess.mixup(jax.random.key(3), faces, 0.4)
-    np.testing.assert_array_equal(np.sort(np.asarray(partner)), np.arange(8))  # a permutation of the batch
-    assert np.all((np.asarray(lam) >= 0) & (np.asarray(lam) <= 1)) and np.ptp(np.asarray(lam)) > 0.1
-    expected = np.asarray(lam)[:, None, None] * np.asarray(faces) + (1 - np.asarray(lam)[:, None, None]) * \
-        np.asarray(faces)[np.asarray(partner)]
-    np.testing.assert_allclose(np.asarray(mixed), expected, rtol=1e-5)
+    mixed, partner, lam = map(np.asarray, preprocess.mixup(jax.random.key(3), faces, 0.4))
+    np.testing.assert_array_equal(np.sort(partner), np.arange(8))  # a permutation of the batch
+    assert np.all((lam >= 0) & (lam <= 1)) and np.ptp(lam) > 0.1
+    share = lam[:, None, None]
+    faces = np.asarray(faces)
+    np.testing.assert_allclose(mixed, share * faces + (1 - share) * faces[partner], rtol=1e-5)
 
 
 def test_crop_takes_each_images_window():
