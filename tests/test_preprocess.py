@@ -178,12 +178,11 @@ def test_augmentation_is_deterministic_in_its_key():
 
 
 def test_mixup_blends_each_face_with_its_partner_by_its_share():
-    faces = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (8, 6, 6)), jnp.float32)
-    mixed, partner, lam = map(np.asarray, preprocess.mixup(jax.random.key(3), faces, 0.4))
+    faces = np.random.default_rng(0).uniform(0, 255, (8, 6, 6)).astype(np.float32)
+    mixed, partner, lam = map(np.asarray, preprocess.mixup(jax.random.key(3), jnp.asarray(faces), 0.4))
     np.testing.assert_array_equal(np.sort(partner), np.arange(8))  # a permutation of the batch
     assert np.all((lam >= 0) & (lam <= 1)) and np.ptp(lam) > 0.1
     share = lam[:, None, None]
-    faces = np.asarray(faces)
     np.testing.assert_allclose(mixed, share * faces + (1 - share) * faces[partner], rtol=1e-5)
 
 

@@ -32,11 +32,11 @@ def test_l2_penalty_counts_kernels_only():
 
 def test_weighted_cross_entropy_by_hand():
     logits = jnp.log(jnp.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]))
-    labels = jax.nn.one_hot(jnp.array([0, 1, 2]), 3)
+    targets = jax.nn.one_hot(jnp.array([0, 1, 2]), 3)
     weights = jnp.array([1.0, 3.0, 0.0])  # the last sample is padding
     expected = (-np.log(0.5) - 3 * np.log(0.8)) / 4
-    assert float(train.weighted_cross_entropy(logits, labels, weights, 0.0)) == pytest.approx(expected, rel=1e-5)
-    smoothed = train.weighted_cross_entropy(logits, labels, jnp.array([1.0, 0, 0]), 0.3)
+    assert float(train.weighted_cross_entropy(logits, targets, weights, 0.0)) == pytest.approx(expected, rel=1e-5)
+    smoothed = train.weighted_cross_entropy(logits, targets, jnp.array([1.0, 0, 0]), 0.3)
     # Smoothing 0.3 over 3 classes: targets (0.8, 0.1, 0.1).
     assert float(smoothed) == pytest.approx(-(0.8 * np.log(0.5) + 0.2 * np.log(0.25)), rel=1e-5)
 
