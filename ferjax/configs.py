@@ -12,6 +12,7 @@ import json
 import jax.numpy as jnp
 
 from ferjax import data, models
+from ferjax.models.stn import TRANSFORMS as STN_TRANSFORMS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
@@ -31,6 +32,7 @@ class Config:
     model: str = "stn"  # a name from ferjax.models
     dropout: float | None = None  # dropout rate; None keeps the model's default
     warp_at: str = "input"  # stn only: warp the 'input' image or the last conv 'features'
+    stn_transform: str = "affine"  # stn, stn_deep: the warp is any 'affine' map or a 'similarity' (turn, zoom, shift)
     widths: tuple[int, ...] | None = None  # CNN families: channels per stage; None keeps the default
     convs_per_stage: int | None = None  # CNN families: conv blocks per stage; None keeps the default
     hidden: tuple[int, ...] | None = None  # CNN families: widths of the hidden dense layers; None keeps the default
@@ -88,6 +90,8 @@ class Config:
             kwargs["dropout"] = self.dropout
         if self.model == "stn":
             kwargs["warp_at"] = self.warp_at
+        if self.stn_transform != "affine":
+            kwargs["stn_transform"] = self.stn_transform
         if self.widths is not None:
             kwargs["widths"] = tuple(self.widths)
         if self.convs_per_stage is not None:
@@ -113,6 +117,9 @@ class Config:
         check(self.model in models.MODELS, "model", f"unknown model; choose one of {', '.join(models.names())}")
         check(self.dropout is None or 0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         check(self.warp_at in ("input", "features"), "warp_at", "must be 'input' or 'features'")
+        check(self.stn_transform in STN_TRANSFORMS, "stn_transform", f"choose one of {', '.join(STN_TRANSFORMS)}")
+        check(self.stn_transform == "affine" or models.has_attention(models.create(self.model)), "stn_transform",
+              "needs a model with a spatial transformer (stn, stn_deep)")
         check(self.dtype in DTYPES, "dtype", f"choose one of {', '.join(DTYPES)}")
         check(self.widths is None or (len(self.widths) > 0 and min(self.widths) > 0), "widths", "must be positive")
         check(self.convs_per_stage is None or self.convs_per_stage > 0, "convs_per_stage", "must be positive")

@@ -72,6 +72,20 @@ def grid_sample(image_BxHxWxC: jax.Array, grid_BxhxwX2: jax.Array) -> jax.Array:
     )
 
 
+def nearest_similarity(theta_Bx2x3: jax.Array) -> jax.Array:
+    """The similarity transforms (turn, uniform zoom, shift) closest to `theta` in the Frobenius norm.
+
+    The linear part is projected onto the matrices [[a, -b], [b, a]]: a is the mean of the diagonal,
+    b half the difference of the off-diagonal entries, so shear and unequal zooms are dropped. The
+    translation is kept.
+    """
+    linear_Bx2x2 = theta_Bx2x3[:, :, :2]
+    a_B = (linear_Bx2x2[:, 0, 0] + linear_Bx2x2[:, 1, 1]) / 2
+    b_B = (linear_Bx2x2[:, 1, 0] - linear_Bx2x2[:, 0, 1]) / 2
+    similar_Bx2x2 = jnp.stack([jnp.stack([a_B, -b_B], -1), jnp.stack([b_B, a_B], -1)], axis=1)
+    return jnp.concatenate([similar_Bx2x2, theta_Bx2x3[:, :, 2:]], axis=-1)
+
+
 def warp(image_BxHxWxC: jax.Array, theta_Bx2x3: jax.Array) -> jax.Array:
     """Resamples each image through its affine transform, keeping its size."""
     _, height, width, _ = image_BxHxWxC.shape

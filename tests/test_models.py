@@ -103,6 +103,20 @@ def test_stn_starts_from_the_identity_transform():
     np.testing.assert_allclose(aux["warped"], x, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["stn", "_tiny_stn_deep"])
+def test_a_similarity_transformer_turns_zooms_and_shifts_only(name):
+    affine, similarity = models.create(name), models.create(name, stn_transform="similarity")
+    variables, x, _ = _init(affine)  # the same variables serve both: the theta layer keeps six outputs
+    loc = variables["params"]["stn_loc"]
+    bias = jnp.array([1.1, 0.3, 0.05, -0.1, 0.9, -0.02])  # [a, b, tx, c, d, ty], a shear among them
+    variables = {**variables, "params": {**variables["params"], "stn_loc": {**loc, "theta": {**loc["theta"],
+                                                                                         "bias": bias}}}}
+    (_, free), (_, restricted) = (model.apply(variables, x, train=False) for model in (affine, similarity))
+    np.testing.assert_allclose(free["theta"], np.broadcast_to(bias.reshape(2, 3), (2, 2, 3)), atol=1e-6)
+    np.testing.assert_allclose(restricted["theta"], np.broadcast_to([[1.0, 0.2, 0.05], [-0.2, 1.0, -0.02]],
+                                                                    (2, 2, 3)), atol=1e-6)
+
+
 def test_stn_can_warp_the_features_as_the_figure_draws():
     model = models.create("stn", warp_at="features")
     variables, x, _ = _init(model)

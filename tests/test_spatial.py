@@ -81,6 +81,23 @@ def test_translation_moves_image_by_whole_pixels():
     np.testing.assert_allclose(warped[0, :2], 0, atol=1e-6)  # and at the top
 
 
+def test_nearest_similarity_keeps_turn_zoom_and_shift_and_drops_shear():
+    angle, zoom = 0.3, 1.2
+    turn_and_zoom = zoom * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    similarity = np.concatenate([turn_and_zoom, [[0.1], [-0.2]]], axis=1)
+    shear = np.array([[1.0, 0.4, 0.1], [0.0, 1.0, -0.2]])  # [[a, -b], [b, a]] closest: a = 1, b = -0.2
+    stretch = np.array([[1.3, 0.0, 0.0], [0.0, 0.7, 0.0]])  # unequal zooms average to 1
+    projected = np.asarray(spatial.nearest_similarity(jnp.asarray(np.stack([similarity, shear, stretch]))))
+    np.testing.assert_allclose(projected[0], similarity, atol=1e-6)
+    np.testing.assert_allclose(projected[1], [[1.0, 0.2, 0.1], [-0.2, 1.0, -0.2]], atol=1e-6)
+    np.testing.assert_allclose(projected[2], np.eye(2, 3), atol=1e-6)
+    # An orthogonal projection: what it removes is orthogonal to every similarity's linear part.
+    theta = np.asarray(jax.random.normal(jax.random.key(3), (5, 2, 3)))
+    removed = (theta - np.asarray(spatial.nearest_similarity(jnp.asarray(theta))))[:, :, :2]
+    for basis in (np.eye(2), np.array([[0.0, -1.0], [1.0, 0.0]])):
+        np.testing.assert_allclose(np.sum(removed * basis, axis=(1, 2)), 0, atol=1e-6)
+
+
 def test_gradients_reach_image_and_theta():
     image = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     # Generic values: no sample lands exactly on a pixel, where bilinear sampling has a kink.

@@ -318,6 +318,15 @@ def test_alignment_needs_attention_and_a_warp_to_undo(fields, message):
         configs.tiny_config(align_weight=1.0, **fields)
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"model": "_tiny_cnn", "stn_transform": "similarity"}, "needs a model with a spatial transformer"),
+    ({"model": "_tiny_stn_deep", "stn_transform": "rigid"}, "choose one of affine, similarity"),
+])
+def test_the_transform_needs_attention_and_a_known_name(fields, message):
+    with pytest.raises(configs.ConfigError, match=f"--stn_transform=.*: {message}"):
+        configs.tiny_config(**fields)
+
+
 def test_mixup_blends_the_labels_and_class_weights_as_the_faces(small_fer2013):
     config = configs.tiny_config(mixup=0.4, flip=False, dropout=0.0)
     state = _state(config, small_fer2013.train)

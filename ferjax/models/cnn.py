@@ -64,7 +64,7 @@ class CNN(nn.Module):
     """A VGG-style CNN: `ConvStack` then `Head`, optionally with attention in front or HOG fused in.
 
     attention=True puts the Deep-Emotion spatial transformer in front (`stn_deep`): its localisation
-    net predicts an affine theta from the face, and the trunk sees the warped face. fuse_hog=True
+    net predicts an affine (or similarity) theta from the face, and the trunk sees the warped face. fuse_hog=True
     (`hog`) concatenates the face's HOG vector, computed on the host by `ferjax.features` and passed
     as `hog`, batch-normalised, with the flattened conv features before the dense layers.
     Returns (logits, aux): aux['prelogits'], and aux['theta'], aux['warped'] with attention.
@@ -76,6 +76,7 @@ class CNN(nn.Module):
     hidden: Sequence[int] = (256,)  # hidden dense widths
     dropout: float = 0.5  # dropout rate in the head
     attention: bool = False  # spatial transformer in front of the trunk
+    stn_transform: str = "affine"  # with attention: the localisation net's 'affine' or 'similarity' transform
     fuse_hog: bool = False  # HOG vector joins the conv features
     num_classes: int = 7
     dtype: Any = jnp.float32
@@ -88,7 +89,8 @@ class CNN(nn.Module):
     def __call__(self, x_BxHxWx1: jax.Array, *, train: bool, hog: jax.Array | None = None) -> tuple[jax.Array, dict]:
         aux = {}
         if self.attention:
-            aux["theta"] = LocalizationNet(self.dtype, normalize=True, name=LOCALIZATION_NET)(x_BxHxWx1, train=train)
+            aux["theta"] = LocalizationNet(self.dtype, normalize=True, transform=self.stn_transform,
+                                           name=LOCALIZATION_NET)(x_BxHxWx1, train=train)
             x_BxHxWx1 = aux["warped"] = spatial.warp(x_BxHxWx1, aux["theta"])
         convs = ConvStack(self.widths, self.convs_per_stage, self.ceil_pool, self.dtype, name="convs")
         features = convs(x_BxHxWx1, train=train)

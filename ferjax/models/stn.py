@@ -21,6 +21,8 @@ from ferjax import spatial
 from ferjax.models.layers import BatchNormReLU, Conv, max_pool_2x2
 
 WARP_POSITIONS = ("input", "features")
+# What the localisation net may do: any affine map, or only turn, zoom uniformly and shift (no shear).
+TRANSFORMS = ("affine", "similarity")
 # The localisation net's module name in every model with attention: checkpoints and ferjax.visualize find it by it.
 LOCALIZATION_NET = "stn_loc"
 
@@ -35,6 +37,8 @@ class LocalizationNet(nn.Module):
 
     The last layer starts at the identity transform (zero kernel, identity bias), so training
     begins from an unwarped face. normalize=True puts batch norm before each ReLU.
+    transform='similarity' replaces theta by its nearest similarity transform; the layer keeps its
+    six outputs, so checkpoints of either kind load into the other.
     """
 
     dtype: Any = jnp.float32
@@ -42,9 +46,12 @@ class LocalizationNet(nn.Module):
     # strong trunk this net gets tiny gradients, on which Adam still takes full-size steps: without
     # batch norm, at the CPU recipe's learning rates all 32 FC units died and theta became a constant.
     normalize: bool = False
+    transform: str = "affine"  # one of TRANSFORMS
 
     @nn.compact
     def __call__(self, x_BxHxWx1: jax.Array, *, train: bool = False) -> jax.Array:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
         def activate(y, name):
             if self.normalize:
                 return BatchNormReLU(momentum=0.9, dtype=self.dtype, name=name)(y, train=train)
@@ -58,7 +65,8 @@ class LocalizationNet(nn.Module):
         x = activate(x, "bn_2")
         self.sow("attention", "hidden", x)  # read by visualize.attention_statistics (live units)
         theta = nn.Dense(6, kernel_init=nn.initializers.zeros, bias_init=_identity_bias, name="theta")(x)
-        return theta.astype(jnp.float32).reshape(-1, 2, 3)
+        theta_Bx2x3 = theta.astype(jnp.float32).reshape(-1, 2, 3)
+        return spatial.nearest_similarity(theta_Bx2x3) if self.transform == "similarity" else theta_Bx2x3
 
 
 class DeepEmotion(nn.Module):
@@ -70,6 +78,7 @@ class DeepEmotion(nn.Module):
     """
 
     warp_at: str = "input"  # 'input' (public port) or 'features' (the paper's figure)
+    stn_transform: str = "affine"  # the localisation net's TRANSFORMS: 'affine' or 'similarity'
     dropout: float = 0.5  # dropout before FC 50
     num_classes: int = 7
     dtype: Any = jnp.float32
@@ -79,7 +88,7 @@ class DeepEmotion(nn.Module):
     def __call__(self, x_BxHxWx1: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
         if self.warp_at not in WARP_POSITIONS:
             raise ValueError(f"warp_at must be one of {WARP_POSITIONS}, got {self.warp_at!r}")
-        theta_Bx2x3 = LocalizationNet(self.dtype, name=LOCALIZATION_NET)(x_BxHxWx1)
+        theta_Bx2x3 = LocalizationNet(self.dtype, transform=self.stn_transform, name=LOCALIZATION_NET)(x_BxHxWx1)
         aux = {"theta": theta_Bx2x3}
         x = x_BxHxWx1
         if self.warp_at == "input":
