@@ -71,7 +71,7 @@ class Config:
     grad_clip: float = 0.0  # clip gradients to this global norm (0: off)
     ema: float = 0.0  # decay of the weights' moving average, which evaluation and saved models use (0: off; e.g. 0.999)
     seed: int = 0  # root PRNG seed: init, shuffling, dropout and augmentation all derive from it
-    init_from: str | None = None  # start from this model's weights (workdir or exported) where names and shapes match
+    init_from: str | None = None  # start from this model's weights (workdir or exported); parts it lacks start fresh
     # Fine-tune only these top-level parts of the model, e.g. stn_loc; the others keep their weights and
     # batch-norm statistics.
     train_only: tuple[str, ...] | None = None
