@@ -52,6 +52,7 @@ class LocalizationNet(nn.Module):
     def __call__(self, x_BxHxWx1: jax.Array, *, train: bool = False) -> jax.Array:
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
+
         def activate(y, name):
             if self.normalize:
                 return BatchNormReLU(momentum=0.9, dtype=self.dtype, name=name)(y, train=train)
