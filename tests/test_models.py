@@ -140,6 +140,22 @@ def test_gradients_reach_the_localisation_network():
     assert float(jnp.abs(grads["stn_loc"]["theta"]["bias"]).sum()) > 0
 
 
+def test_a_similarity_transformer_learns_only_turn_zoom_and_shift():
+    model = models.create("stn", stn_transform="similarity")
+    variables, x, _ = _init(model)
+
+    def loss(params):
+        (logits, _), _ = model.apply({**variables, "params": params}, x, train=True,
+                                     rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+        return jnp.sum(logits ** 2)
+
+    grad_2x3 = jax.grad(loss)(variables["params"])["stn_loc"]["theta"]["bias"].reshape(2, 3)
+    # Through the projection a and d get one gradient, b and c opposite ones: shear and stretch get none.
+    assert float(jnp.abs(grad_2x3).sum()) > 0
+    np.testing.assert_allclose(grad_2x3[0, 0], grad_2x3[1, 1], rtol=1e-5)
+    np.testing.assert_allclose(grad_2x3[0, 1], -grad_2x3[1, 0], rtol=1e-5)
+
+
 def test_batch_norm_keeps_every_localisation_unit_alive():
     # The FC layer's inputs are ReLU outputs (>= 0), so a negative kernel silences each of its units for
     # every face: what training did to the plain localisation net behind the wide CPU trunk.
