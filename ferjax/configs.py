@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from ferjax import data, models
 from ferjax.models.stn import TRANSFORMS as STN_TRANSFORMS
+from ferjax.models.stn import WARP_POSITIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
@@ -116,7 +117,7 @@ class Config:
 
         check(self.model in models.MODELS, "model", f"unknown model; choose one of {', '.join(models.names())}")
         check(self.dropout is None or 0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
-        check(self.warp_at in ("input", "features"), "warp_at", "must be 'input' or 'features'")
+        check(self.warp_at in WARP_POSITIONS, "warp_at", "must be 'input' or 'features'")
         check(self.stn_transform in STN_TRANSFORMS, "stn_transform", f"choose one of {', '.join(STN_TRANSFORMS)}")
         check(self.stn_transform == "affine" or models.has_attention(models.create(self.model)), "stn_transform",
               "needs a model with a spatial transformer (stn, stn_deep)")

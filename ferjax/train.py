@@ -302,11 +302,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     their labels are blended in pairs (`preprocess.mixup`) after the geometric augmentation. With
     `teachers` (evaluation states, from `loop.load_teachers`), which see the same blends, the
     cross-entropy weighs 1 - config.distill_weight and `distillation_loss` against their mean
-    prediction the rest. config.align_weight adds that times
-    `alignment_loss` of the spatial transformer's theta. With config.train_only, only those top-level
-    parts change, batch-norm statistics included. With config.ema, the new weights
-    also join their moving average. Returns the new state and device-scalar metrics (loss,
-    cross_entropy, accuracy, learning_rate).
+    prediction the rest. config.align_weight adds that times `alignment_loss` of the spatial
+    transformer's theta. With config.train_only, only those top-level parts change, batch-norm
+    statistics included. With config.ema, the new weights also join their moving average. Returns
+    the new state and device-scalar metrics (loss, cross_entropy, accuracy, learning_rate).
     """
     k_aug, k_crop, k_erase, k_dropout = jax.random.split(rng, 4)
     aug = _augment_config(config)
