@@ -70,6 +70,9 @@ class Config:
     label_smoothing: float = 0.0  # label smoothing of the cross-entropy targets
     class_weighting: str = "none"  # 'balanced' weights each class by N / (7 * count) in the loss
     grad_clip: float = 0.0  # clip gradients to this global norm (0: off)
+    # Sharpness-aware minimisation: each step's gradient is taken this far uphill from the weights, in
+    # parameter space (0: off; on, every step costs two passes).
+    sam_rho: float = 0.0
     ema: float = 0.0  # decay of the weights' moving average, which evaluation and saved models use (0: off; e.g. 0.999)
     seed: int = 0  # root PRNG seed: init, shuffling, dropout and augmentation all derive from it
     init_from: str | None = None  # start from this model's weights (workdir or exported); parts it lacks start fresh
@@ -147,6 +150,7 @@ class Config:
         check(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
         for flag in ("l2", "weight_decay", "grad_clip"):
             check(getattr(self, flag) >= 0, flag, "must be >= 0")
+        check(self.sam_rho >= 0, "sam_rho", "must be >= 0 (0: off)")
         check(0 <= self.ema < 1, "ema", "must be in [0, 1)")
         check(self.init_from != "", "init_from", "name a workdir or an exported model")
         check(self.train_only is None or len(self.train_only) > 0, "train_only", "name at least one part of the model")

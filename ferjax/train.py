@@ -294,6 +294,17 @@ def teacher_probs(teachers: Sequence[TrainState], faces_BxHxW: jax.Array, crop_a
     return jax.lax.stop_gradient(jnp.mean(jnp.stack(probs), 0))
 
 
+def sharpness_aware_gradient(grad_fn, params, direction, rho: float):
+    """`grad_fn` at params + rho * direction / |direction|: sharpness-aware minimisation's gradient
+    (Foret et al., 2021) where `direction` is the gradient at `params`.
+
+    Taken at the nearby weights where the loss rises fastest, it steers towards minima whose whole
+    neighbourhood has a low loss (flat ones), which tend to generalise better.
+    """
+    norm = optax.global_norm(direction)
+    return grad_fn(jax.tree.map(lambda p, d: p + rho * d / (norm + 1e-12), params, direction))
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequence[TrainState] = (), *,
                config: Config) -> tuple[TrainState, dict]:
     """One optimisation step on a batch {'image': uint8 BxHxW, 'label', 'mask'[, 'hog', 'hog_flipped']}.
@@ -304,8 +315,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     cross-entropy weighs 1 - config.distill_weight and `distillation_loss` against their mean
     prediction the rest. config.align_weight adds that times `alignment_loss` of the spatial
     transformer's theta. With config.train_only, only those top-level parts change, batch-norm
-    statistics included. With config.ema, the new weights also join their moving average. Returns
-    the new state and device-scalar metrics (loss, cross_entropy, accuracy, learning_rate).
+    statistics included. With config.sam_rho, the update follows `sharpness_aware_gradient` (same
+    batch, augmentation and dropout; the metrics and batch-norm statistics are those of the first
+    pass). With config.ema, the new weights also join their moving average. Returns the new state
+    and device-scalar metrics (loss, cross_entropy, accuracy, learning_rate).
     """
     k_aug, k_crop, k_erase, k_dropout = jax.random.split(rng, 4)
     aug = _augment_config(config)
@@ -334,7 +347,12 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
             data_loss += config.align_weight * alignment_loss(aux["theta"], applied_Bx2x3, weights_B)
         return data_loss + config.l2 * l2_penalty(params), (ce, logits, updates)
 
-    (loss, (ce, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (ce, logits, updates)), grads = grad_fn(state.params)
+    if config.sam_rho:
+        trained = config.train_only or tuple(grads)  # the fixed parts of a train_only run stay where they are
+        direction = {part: g if part in trained else jax.tree.map(jnp.zeros_like, g) for part, g in grads.items()}
+        grads = sharpness_aware_gradient(lambda p: grad_fn(p)[1], state.params, direction, config.sam_rho)
     param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
     batch_stats = updates["batch_stats"]
     if config.train_only:  # the fixed parts keep their statistics too, so they compute what they computed before
