@@ -301,7 +301,7 @@ def sharpness_aware_gradient(grad_fn, params, direction, rho: float):
     Taken at the nearby weights where the loss rises fastest, it steers towards minima whose whole
     neighbourhood has a low loss (flat ones), which tend to generalise better.
     """
-    norm = optax.global_norm(direction)
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(d)) for d in jax.tree.leaves(direction)))
     return grad_fn(jax.tree.map(lambda p, d: p + rho * d / (norm + 1e-12), params, direction))
 
 

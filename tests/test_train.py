@@ -290,6 +290,46 @@ def test_train_only_updates_the_named_parts_and_keeps_no_moments_for_the_rest(sm
                                 dataset=small_fer2013)
 
 
+def test_sharpness_aware_gradient_by_hand():
+    # loss = 0.5 * sum(a * w^2), so the gradient is a * w, at the weights and at the moved ones alike.
+    curvature = {"w": jnp.array([1.0, 3.0]), "v": {"x": jnp.array([2.0])}}
+    params = {"w": jnp.array([0.5, -1.0]), "v": {"x": jnp.array([2.0])}}
+    grad_fn = jax.grad(lambda p: 0.5 * sum(jnp.sum(a * w**2) for a, w in zip(jax.tree.leaves(curvature),
+                                                                              jax.tree.leaves(p))))
+    direction = grad_fn(params)  # [0.5, -3] and [4]: norm sqrt(25.25)
+    moved = train.sharpness_aware_gradient(grad_fn, params, direction, 0.1)
+    step = 0.1 / np.sqrt(25.25)
+    np.testing.assert_allclose(moved["w"], [1 * (0.5 + 0.5 * step), 3 * (-1 - 3 * step)], rtol=1e-6)
+    np.testing.assert_allclose(moved["v"]["x"], [2 * (2 + 4 * step)], rtol=1e-6)
+
+
+def test_sam_updates_along_the_moved_gradient_and_moves_only_the_trained_parts(small_fer2013, monkeypatch):
+    config = configs.tiny_config(model="_tiny_stn_deep", train_only=("stn_loc",), sam_rho=0.5, optimizer="sgd",
+                                 momentum=0.0, learning_rate=1.0)
+    state = _state(config, small_fer2013.train)
+    seen = {}
+
+    def recording(grad_fn, params, direction, rho):
+        seen["direction"] = direction
+        seen["moved"] = sam_gradient(grad_fn, params, direction, rho)
+        return seen["moved"]
+
+    sam_gradient = train.sharpness_aware_gradient
+    monkeypatch.setattr(train, "sharpness_aware_gradient", recording)
+    stepped, _ = train.train_step(state, _batch(small_fer2013.train, 16), jax.random.key(1), config=config)
+    for part in ("convs", "classifier"):
+        assert all(not np.any(d) for d in jax.tree.leaves(seen["direction"][part]))
+    # SGD at learning rate 1: the trained part moves by exactly minus the gradient at the moved weights.
+    jax.tree.map(lambda new, old, g: np.testing.assert_allclose(new, old - g, rtol=1e-6, atol=1e-7),
+                 stepped.params["stn_loc"], state.params["stn_loc"], seen["moved"]["stn_loc"])
+    # theta's kernel starts at zero: only theta has a gradient at the weights, the layers before it have one
+    # once theta has moved.
+    assert not np.any(seen["direction"]["stn_loc"]["bn_0"]["scale"])
+    assert np.any(seen["moved"]["stn_loc"]["bn_0"]["scale"])
+    with pytest.raises(configs.ConfigError, match="--sam_rho=-0.1: must be >= 0"):
+        configs.tiny_config(sam_rho=-0.1)
+
+
 def test_train_step_adds_the_weighted_alignment_loss_of_the_warps_it_applied(small_fer2013):
     batch = _batch(small_fer2013.train, 16)
     batch["mask"] = (np.arange(16) < 12).astype(np.float32)  # the last four faces count for nothing
