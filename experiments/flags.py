@@ -15,12 +15,18 @@ from ferjax.configs import INT_TUPLE, STR_TUPLE, Config, base_type
 
 @functools.cache
 def _field_comments() -> dict[str, str]:
-    """Each Config field's trailing comment, read once from the source (parsing it per flag is slow)."""
-    comments = {}
+    """Each Config field's trailing comment, else the comment lines right above it (a field whose meaning
+    takes more than a line), read once from the source (parsing it per flag is slow)."""
+    comments, above = {}, []
     for line in inspect.getsource(Config).splitlines():
-        name, colon, rest = line.strip().partition(":")
-        if colon and "#" in rest and name.isidentifier():
-            comments[name] = rest.split("#", 1)[1].strip()
+        line = line.strip()
+        if line.startswith("#"):
+            above.append(line.lstrip("# "))
+            continue
+        name, colon, rest = line.partition(":")
+        if colon and name.isidentifier() and ("#" in rest or above):
+            comments[name] = rest.split("#", 1)[1].strip() if "#" in rest else " ".join(above)
+        above = []
     return comments
 
 

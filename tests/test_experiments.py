@@ -606,6 +606,9 @@ def test_every_config_field_is_a_typed_flag():
     assert config.dropout == 0.3 and config.limit_train == 50 and config.widths == (8, 16) and not config.flip
     assert config.hidden == (32, 16) and config.convs_per_stage == 2 and config.distill_from == ("runs/a", "runs/b")
     assert configs.Config.from_dict(json.loads(config.to_json())) == config
+    # Every flag's help is its field's comment, trailing or (for a longer one) the lines above it.
+    assert all(values[f.name].help != f.name for f in dataclasses.fields(configs.Config))
+    assert values["train_only"].help.startswith("Fine-tune only these top-level parts")
 
 
 def test_convs_per_stage_sets_the_depth_of_every_cnn_family():
