@@ -350,8 +350,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teachers: Sequenc
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (ce, logits, updates)), grads = grad_fn(state.params)
     if config.sam_rho:
-        trained = config.train_only or tuple(grads)  # the fixed parts of a train_only run stay where they are
-        direction = {part: g if part in trained else jax.tree.map(jnp.zeros_like, g) for part, g in grads.items()}
+        direction = grads
+        if config.train_only:  # the fixed parts stay where they are
+            direction = {part: g if part in config.train_only else jax.tree.map(jnp.zeros_like, g)
+                         for part, g in grads.items()}
         grads = sharpness_aware_gradient(lambda p: grad_fn(p)[1], state.params, direction, config.sam_rho)
     param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
     batch_stats = updates["batch_stats"]
