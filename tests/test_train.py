@@ -307,14 +307,13 @@ def test_sam_updates_along_the_moved_gradient_and_moves_only_the_trained_parts(s
     config = configs.tiny_config(model="_tiny_stn_deep", train_only=("stn_loc",), sam_rho=0.5, optimizer="sgd",
                                  momentum=0.0, learning_rate=1.0)
     state = _state(config, small_fer2013.train)
-    seen = {}
+    sam_gradient, seen = train.sharpness_aware_gradient, {}
 
     def recording(grad_fn, params, direction, rho):
         seen["direction"] = direction
         seen["moved"] = sam_gradient(grad_fn, params, direction, rho)
         return seen["moved"]
 
-    sam_gradient = train.sharpness_aware_gradient
     monkeypatch.setattr(train, "sharpness_aware_gradient", recording)
     stepped, _ = train.train_step(state, _batch(small_fer2013.train, 16), jax.random.key(1), config=config)
     for part in ("convs", "classifier"):
