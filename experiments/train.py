@@ -6,7 +6,7 @@ from a file (recipes in experiments/recipes/).
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments.flags import config_from_flags, define_config_flags, define_data_dir_flag, start
 from ferjax import checkpoint, data, loop, parallel
@@ -41,7 +41,6 @@ def main(argv):
                                 log_every_steps=FLAGS.log_every_steps, track_test=FLAGS.track_test,
                                 time_limit_s=FLAGS.time_limit_minutes and FLAGS.time_limit_minutes * 60)
     except (ConfigError, data.DataError, checkpoint.CheckpointError, loop.TrainingError, flags.ValidationError) as e:
-        logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
