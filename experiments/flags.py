@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import sys
 
 from absl import flags
 
@@ -94,13 +95,13 @@ def quiet_libraries() -> None:
 
 
 def start(argv) -> None:
-    """What every script's main does first: refuse stray arguments, quiet the libraries, and keep freed
-    host memory for reuse (before JAX's backend starts: see ferjax.host_memory)."""
-    from absl import app
-
+    """What every script's main does first: refuse stray arguments (in one line, not absl's page of usage),
+    quiet the libraries, and keep freed host memory for reuse (before JAX's backend starts: see
+    ferjax.host_memory)."""
     from ferjax import host_memory
 
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value; --help "
+                 "lists them)")
     quiet_libraries()
     host_memory.keep_freed_memory()

@@ -374,6 +374,7 @@ def test_kfold_search_and_resumability(small_fer2013, tmp_path):
     (["--model=stn", "--limit_train=20", "--batch_size=64"], "--batch_size=64: larger than the 20 training faces"),
     (["--model=stn", "--data_dir=/no/such/dir"], "FER2013 not found at /no/such/dir"),
     (["--model=stn", "--time_limit_minutes=0"], "--time_limit_minutes=0.0: must be positive"),
+    (["--model=stn", "stn"], "unexpected arguments: stn (flags take the form --name=value"),
 ])
 def test_train_script_rejects_bad_input_in_one_line(args, message, tmp_path, fer2013_dir):
     result = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={tmp_path}", *args],
