@@ -1,4 +1,6 @@
-"""Emotions of the faces in photos: python -m experiments.predict --image=photo.jpg [--image=DIR ...]
+"""Emotions of the faces in photos: python -m experiments.predict photo.jpg [DIR 'albums/*.png' ...]
+
+The photos are the arguments, or --image flags (repeatable), or both.
 
 Without --checkpoint the model bundled with ferjax is used; --tta=flip or --tta=tencrop averages over
 test-time augmentations, --reframe over framings of each detected face. Prints a table (or one JSON
@@ -15,7 +17,8 @@ from absl import app, flags
 from experiments.flags import start
 from ferjax import checkpoint, inference, train
 
-flags.DEFINE_multi_string("image", [], "image file, folder or glob pattern (repeatable)")
+flags.DEFINE_multi_string("image", [], "image file, folder or glob pattern (repeatable; the script's arguments "
+                          "are taken as such too)")
 flags.DEFINE_string("checkpoint", None, "training workdir, checkpoint folder or exported model (default: bundled)")
 flags.DEFINE_bool("no_detect", False, "treat each image as an already-cropped face")
 flags.DEFINE_bool("json", False, "one JSON object per input file per line on stdout")
@@ -53,9 +56,11 @@ class Progress:
 
 
 def main(argv):
-    start(argv)
-    if not FLAGS.image:
-        print("error: pass --image=PATH (a file, folder or glob; repeatable)", file=sys.stderr)
+    start(argv[:1])
+    images = FLAGS.image + argv[1:]
+    if not images:
+        print("error: name the photos: python -m experiments.predict PATH ... (files, folders or globs)",
+              file=sys.stderr)
         return 1
     if not 0 < FLAGS.min_face <= 1:
         print(f"error: --min_face={FLAGS.min_face}: must be in (0, 1]", file=sys.stderr)
@@ -68,7 +73,7 @@ def main(argv):
         return 1
     if FLAGS.output:
         os.makedirs(FLAGS.output, exist_ok=True)
-    paths = inference.expand_inputs(FLAGS.image)
+    paths = inference.expand_inputs(images)
     failures = 0
     if not FLAGS.json:
         print("file\tbox [x, y, w, h]\temotion\ttop-3 probabilities")

@@ -179,8 +179,8 @@ def test_cli_json_output_bad_files_and_annotations(tmp_path, fer2013):
     annotated = np.asarray(Image.open(tmp_path / "out" / "astronaut_emotions.png"))
     assert annotated.shape == (512, 512, 3) and not np.array_equal(annotated, skdata.astronaut())
 
-    cropped = subprocess.run([sys.executable, "-m", "experiments.predict", "--no_detect", "--tta=tencrop",
-                              f"--image={face}"],
+    # The photos may also be plain arguments, before or among the flags.
+    cropped = subprocess.run([sys.executable, "-m", "experiments.predict", str(face), "--no_detect", "--tta=tencrop"],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert cropped.returncode == 0, cropped.stderr
     assert str(face) in cropped.stdout and "[0, 0, 48, 48]" in cropped.stdout
