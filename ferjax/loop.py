@@ -367,6 +367,9 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         elif latest.latest_step() is not None:
             raise ConfigError(f"--workdir={workdir}: holds checkpoints already; pass --resume or choose a new workdir")
         else:
+            # A requeued job's first launch wants this fresh start; said aloud, as it also follows a mistyped --workdir.
+            if resume:
+                log.warning("--resume: no checkpoint in %s yet; starting from step 0", latest.directory)
             state, init_record = warm_start(state, config)
             state = parallel.replicate(state, mesh)
         # Which models this run learnt from: in every checkpoint, metrics.json and exported card.

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import glob
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -91,6 +92,16 @@ def test_resume_names_the_flags_that_change_the_state_layout(trained, small_fer2
     with pytest.raises(checkpoint.CheckpointError, match=r"cannot resume this run \(flags changed since it was "
                                                          r"saved: --epochs, --ema\)"):
         loop.train_and_evaluate(averaged, str(tmp_path / "run"), dataset=small_fer2013, resume=True)
+
+
+def test_resume_without_a_checkpoint_starts_afresh_and_says_where_it_looked(small_fer2013, tmp_path, caplog):
+    workdir = tmp_path / "never_trained"
+    with caplog.at_level(logging.WARNING, logger=loop.__name__):
+        metrics = loop.train_and_evaluate(configs.tiny_config(epochs=1), str(workdir), dataset=small_fer2013,
+                                          resume=True)
+    assert [h["epoch"] for h in metrics["history"]] == [1]
+    assert any(record.getMessage().startswith("--resume: no checkpoint in") and str(workdir) in record.getMessage()
+               for record in caplog.records), caplog.text
 
 
 def test_time_limit_stops_between_epochs_and_reports_the_best_so_far(small_fer2013, tmp_path):
