@@ -50,7 +50,12 @@ def main(argv):
         with open(md_path) as f:
             print(f.read())
         print(f"wrote {csv_path} and {md_path}")
-        if FLAGS.retrain and all(r["folds_done"] == FLAGS.folds for r in rows):
+        unfinished = sum(FLAGS.folds - r["folds_done"] for r in rows)
+        if FLAGS.retrain and unfinished:
+            # Another worker's folds may still be running: say why nothing is retrained, and how to later.
+            print(f"--retrain: {unfinished} fold(s) not finished; once they are, rerun with --summarize_only "
+                  "--retrain")
+        elif FLAGS.retrain:
             best = kfold.best_overrides(rows, grid)
             print(f"best configuration: {best or 'base'}; retraining on the full training split")
             config = dataclasses.replace(base, **best).validate()

@@ -116,6 +116,12 @@ def summarize(grid: list[dict], folds: int, workdir: str) -> list[dict]:
     return rows
 
 
+def _accuracy_cell(row: dict) -> str:
+    if not row["folds_done"]:
+        return "-"
+    return f"{100 * row['mean_val_accuracy']:.2f} ± {100 * row['std_val_accuracy']:.2f}"
+
+
 def write_tables(rows: list[dict], workdir: str) -> tuple[str, str]:
     """results.csv and results.md in the workdir; returns their paths."""
     import pandas as pd
@@ -124,8 +130,7 @@ def write_tables(rows: list[dict], workdir: str) -> tuple[str, str]:
     csv_path, md_path = os.path.join(workdir, "results.csv"), os.path.join(workdir, "results.md")
     frame.to_csv(csv_path, index=False)
     lines = ["| config | overrides | folds | val accuracy (mean ± std) |", "|---|---|---|---|"]
-    lines += [f"| {r['config']} | {r['overrides']} | {r['folds_done']} | "
-              f"{100 * r['mean_val_accuracy']:.2f} ± {100 * r['std_val_accuracy']:.2f} |" for r in rows]
+    lines += [f"| {r['config']} | {r['overrides']} | {r['folds_done']} | {_accuracy_cell(r)} |" for r in rows]
     with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return csv_path, md_path

@@ -379,6 +379,16 @@ def test_kfold_search_and_resumability(small_fer2013, tmp_path):
         kfold.run_fold(configs.tiny_config(init_from="runs/a"), {}, 0, 0, 2, small_fer2013, str(tmp_path / "kd"))
 
 
+def test_kfold_retrain_before_every_fold_is_done_says_so_and_trains_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "experiments.kfold", f"--workdir={tmp_path}", "--folds=2",
+                             "--grid=dropout=0.3,0.5", "--summarize_only", "--retrain"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--retrain: 4 fold(s) not finished" in result.stdout
+    assert "| config01 | dropout=0.5 | 0 | - |" in (tmp_path / "results.md").read_text()
+    assert not (tmp_path / "best_retrained").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--model=vgg99"], "--model='vgg99': unknown model"),
     (["--model=stn", "--learning_rate=-1"], "--learning_rate=-1.0: must be positive"),
