@@ -16,7 +16,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.flags import define_data_dir_flag, quiet_libraries  # noqa: E402
+from experiments.flags import define_data_dir_flag, start  # noqa: E402
 from ferjax import checkpoint, data, evaluate, inference, runs  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training workdir whose best checkpoint is exported", required=True)
@@ -50,8 +50,7 @@ def _exported_candidates(state, meta: dict, dataset) -> list[dict]:
 
 
 def main(argv):
-    del argv
-    quiet_libraries()
+    start(argv)
     if FLAGS.max_mb < 0:
         print(f"error: --max_mb={FLAGS.max_mb}: must be >= 0", file=sys.stderr)
         return 1
