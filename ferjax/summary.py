@@ -50,6 +50,17 @@ class SummaryWriter:
         metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
         self._add(Summary.Value(tag=tag, tensor=tensor, metadata=metadata), step)
 
+    def hparams(self, settings: dict) -> None:
+        """The run's settings for TensorBoard's HParams dashboard, which lists runs side by side with their
+        scalars' last values (`*/best_checkpoint_accuracy` among them). Sequences are joined by commas; None,
+        which the dashboard cannot show, is left out."""
+        from tensorboard.plugins.hparams import summary_v2
+
+        shown = {k: ",".join(map(str, v)) if isinstance(v, (tuple, list)) else v
+                 for k, v in settings.items() if v is not None}
+        for value in summary_v2.hparams_pb(shown).value:
+            self._add(value, 0)
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from ferjax import checkpoint, configs, data, evaluate, inference, kfold, loop, models, train
 from ferjax.configs import ConfigError
 from ferjax.models.stn import LOCALIZATION_NET
+from ferjax.summary import SummaryWriter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +59,7 @@ def test_run_writes_checkpoints_metrics_and_plots(trained):
 
 
 def test_event_files_read_back_with_tensorboard(trained):
-    workdir, _, _ = trained
+    workdir, config, _ = trained
     events = EventAccumulator(workdir, size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
@@ -68,6 +70,26 @@ def test_event_files_read_back_with_tensorboard(trained):
     for tag in ("train/augmented_inputs", "stn/input_and_warped", "test/confusion_matrix"):
         assert tag in tags["images"], tag
     assert events.Images("stn/input_and_warped")[0].width > 48
+    # The HParams dashboard's record of the run: its settings.
+    settings = _hparams(events)
+    assert settings["model"].string_value == config.model and settings["shift"].number_value == config.shift
+    assert settings["learning_rate"].number_value == pytest.approx(config.learning_rate)
+
+
+def _hparams(events: EventAccumulator) -> dict:
+    (content,) = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME).values()
+    return hparams_metadata.parse_session_start_info_plugin_data(content).hparams
+
+
+def test_hparams_join_sequences_and_leave_out_none(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    writer.hparams({"widths": (8, 16), "ema": None, "flip": True})
+    writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    settings = _hparams(events)
+    assert set(settings) == {"widths", "flip"}
+    assert settings["widths"].string_value == "8,16" and settings["flip"].bool_value
 
 
 def test_resume_continues_at_the_saved_step(trained, small_fer2013, tmp_path):
