@@ -390,8 +390,9 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         eval_fn = evaluators["none"]  # per epoch; the final evaluation adds the TTA ones
         writer = SummaryWriter(workdir, enabled=parallel.is_logging_process())
         if int(state.step) == 0:
-            writer.text("config", "\n".join(f"    {k} = {v}" for k, v in dataclasses.asdict(config).items()), 0)
-            writer.hparams(dataclasses.asdict(config))
+            settings = dataclasses.asdict(config)
+            writer.text("config", "\n".join(f"    {k} = {v}" for k, v in settings.items()), 0)
+            writer.hparams(settings)
         progress = _Progress(config.epochs * steps_per_epoch, config.batch_size, writer, first_step=int(state.step))
         best_val = max([h["val_accuracy"] for h in history], default=-1.0)
         stopped_after = None
