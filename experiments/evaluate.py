@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.flags import default_output, define_data_dir_flag, start
-from ferjax import checkpoint, data, evaluate, loop, train
+from ferjax import checkpoint, data, evaluate, inference, loop, train
 
 flags.DEFINE_multi_string("workdir", [], "training workdir(s); their best checkpoint is used")
 flags.DEFINE_multi_string("checkpoint", [], "checkpoint folder(s), e.g. runs/stn/checkpoints/latest, or exported "
@@ -49,6 +49,8 @@ def main(argv):
         print("error: pass --workdir=DIR or --checkpoint=DIR (repeat for an ensemble)", file=sys.stderr)
         return 1
     try:
+        for path in paths:
+            inference.locate_model(path)  # a mistyped path fails before the data load, not after it
         dataset = data.load(FLAGS.data_dir)
         selection = _select_on_val(paths, dataset) if FLAGS.select_on_val else None
         if selection:

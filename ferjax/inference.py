@@ -99,18 +99,31 @@ def _load_exported(path: str) -> tuple[train.TrainState, dict]:
     return state, meta
 
 
-def load_model(path: str | None = None) -> tuple[train.TrainState, dict]:
-    """A training workdir or checkpoint folder, an exported model (path without suffix), or, for None, the
-    bundled one. An empty path is an error: a stray comma in a list of paths must not name the bundled model."""
+def locate_model(path: str | None = None) -> tuple[str, bool]:
+    """(path, whether it is an exported model) for what `load_model` takes, without reading it: scripts call
+    it before loading the data, so that a mistyped path fails at once.
+
+    Raises:
+      CheckpointError: the path is empty or names nothing.
+    """
     if path is None:
         path = DEFAULT_MODEL
     elif not path:
         raise checkpoint.CheckpointError("an empty path names no model")
     if os.path.exists(path + ".msgpack"):
-        return _load_exported(path)
+        return path, True
     if path == DEFAULT_MODEL:
         raise checkpoint.CheckpointError(f"{path}.msgpack: the bundled model is missing; pass --checkpoint")
-    return checkpoint.load(path)
+    if not os.path.exists(path):
+        raise checkpoint.CheckpointError(f"{path}: no such checkpoint or workdir")
+    return path, False
+
+
+def load_model(path: str | None = None) -> tuple[train.TrainState, dict]:
+    """A training workdir or checkpoint folder, an exported model (path without suffix), or, for None, the
+    bundled one. An empty path is an error: a stray comma in a list of paths must not name the bundled model."""
+    path, exported = locate_model(path)
+    return _load_exported(path) if exported else checkpoint.load(path)
 
 
 class Predictor:

@@ -347,6 +347,13 @@ def test_evaluate_script_selects_the_ensemble_on_val(trained, tmp_path, fer2013_
     assert [m["path"] for m in saved["members"]] == [exported] and saved["split"] == "test" and saved["count"] == 70
 
 
+def test_evaluate_script_names_a_missing_model_before_it_reads_the_data(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={tmp_path / 'typo'}",
+                             "--data_dir=/no/such/dir"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {tmp_path / 'typo'}: no such checkpoint or workdir"
+
+
 def test_export_ships_the_best_val_storage_that_fits_the_budget(trained, fer2013, fer2013_dir, tmp_path):
     workdir, config, _ = trained
     state, meta = checkpoint.load(workdir)
