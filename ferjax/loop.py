@@ -151,6 +151,18 @@ def warm_start(state: train.TrainState, config: Config) -> tuple[train.TrainStat
     return state, _model_record(config.init_from, source, meta)
 
 
+def _locate_models(config: Config, resume: bool) -> None:
+    """Fails on a mistyped --init_from or --distill_from path before the data load and compilation. A resumed
+    run reads its --init_from record from the checkpoint, so that model need not be there any more."""
+    named = [("init_from", config.init_from)] if config.init_from and not resume else []
+    named += [("distill_from", path) for path in config.distill_from or ()]
+    for flag, path in named:
+        try:
+            inference.locate_model(path)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"--{flag}: {e}") from None
+
+
 def _load_model_for(config: Config, flag: str, path: str) -> tuple[train.TrainState, dict]:
     """The model at `path`, named by --`flag`, checked to have been trained on this run's inputs."""
     try:
@@ -337,6 +349,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
       TrainingError: a non-finite loss; the last good checkpoint is kept.
     """
     config.validate()
+    _locate_models(config, resume)
     start_time = time.time()
     os.makedirs(workdir, exist_ok=True)
     mesh = data_mesh(config)
