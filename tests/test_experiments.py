@@ -389,6 +389,13 @@ def test_kfold_search_and_resumability(small_fer2013, tmp_path):
         kfold.run_fold(base, grid[c], c, k, 2, small_fer2013, str(tmp_path))
     rows = kfold.summarize(grid, 2, str(tmp_path))
     assert [r["folds_done"] for r in rows] == [2, 2]
+    # Equal settings make one row in TensorBoard's HParams dashboard: a configuration's folds, their metrics averaged.
+    fold_settings = {}
+    for c, k in kfold.tasks(grid, 2):
+        events = EventAccumulator(str(tmp_path / f"config{c:02d}" / f"fold{k}"))
+        events.Reload()
+        fold_settings[c, k] = dict(_hparams(events))
+    assert fold_settings[0, 0] == fold_settings[0, 1] != fold_settings[1, 0] == fold_settings[1, 1]
     with open(tmp_path / "config00" / "fold0" / "metrics.json") as f:
         fold_metrics = json.load(f)
     assert fold_metrics["val_metrics"]["count"] == 60 and "test_accuracy" not in fold_metrics
