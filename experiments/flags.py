@@ -94,6 +94,21 @@ def quiet_libraries() -> None:
     logging.getLogger("ferjax").setLevel(logging.INFO)
 
 
+def _refuse_repeated_lists(args: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """absl keeps a list flag's last value only, so --distill_from=a --distill_from=b would drop a teacher without
+    a word: a list flag given twice on the command line is an error. (A flagfile's value may still be replaced
+    there once.)"""
+    counts = {}
+    for arg in args:
+        name = arg.lstrip("-").split("=", 1)[0]
+        if arg.startswith("-") and name in flag_values and isinstance(flag_values[name].parser, flags.ListParser):
+            counts[name] = counts.get(name, 0) + 1
+    for name, count in counts.items():
+        if count > 1:
+            sys.exit(f"error: --{name} given {count} times, and only the last would count; pass the values as one "
+                     f"comma-separated list: --{name}=a,b")
+
+
 def start(argv) -> None:
     """What every script's main does first: refuse stray arguments (in one line, not absl's page of usage),
     quiet the libraries, and keep freed host memory for reuse (before JAX's backend starts: see
@@ -103,5 +118,6 @@ def start(argv) -> None:
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value; --help "
                  "lists them)")
+    _refuse_repeated_lists(sys.argv[1:])
     quiet_libraries()
     host_memory.keep_freed_memory()

@@ -129,6 +129,8 @@ def load_teachers(config: Config) -> tuple[tuple[train.TrainState, ...], list[di
             raise ConfigError(f"--distill_from={path}: a HOG model cannot teach (its inputs include HOG vectors)")
         teachers.append(teacher.replace(tx=None, opt_state=None))
         records.append(_model_record(path, teacher, meta))
+    if records:
+        log.info("learning from %d teacher(s): %s", len(records), ", ".join(config.distill_from))
     return tuple(teachers), records
 
 

@@ -434,6 +434,7 @@ def test_kfold_retrain_before_every_fold_is_done_says_so_and_trains_nothing(tmp_
     (["--model=stn", "stn"], "unexpected arguments: stn (flags take the form --name=value"),
     (["--model=stn", "--distill_from=/no/run", "--data_dir=/no/dir"], "--distill_from: /no/run: no such checkpoint"),
     (["--model=stn", "--init_from=/no/run", "--data_dir=/no/dir"], "--init_from: /no/run: no such checkpoint"),
+    (["--model=stn", "--distill_from=/a", "--distill_from=/b"], "--distill_from given 2 times, and only the last"),
 ])
 def test_train_script_rejects_bad_input_in_one_line(args, message, tmp_path, fer2013_dir):
     result = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={tmp_path}", *args],
