@@ -104,19 +104,19 @@ def evaluate_checkpoints(paths: Sequence[str], dataset: data.FER2013, split: str
 def greedy_ensemble(probs: Sequence[np.ndarray], labels_N: np.ndarray) -> list[int]:
     """Indices of an ensemble chosen by forward selection (Caruana et al., 2004), in the order chosen.
 
-    Starts from the most accurate member and adds, one at a time, the member that raises the accuracy
-    of the averaged probabilities most; stops when none raises it. Each member is used at most once;
-    ties go to the earlier index. Select on val, never on the split you report.
+    Starts from the most accurate member and adds, one at a time, the member whose addition makes the averaged
+    probabilities most accurate, until every member is in; returns the most accurate of these nested
+    ensembles, the smallest on a tie. Going on past a step that lowers accuracy, as Caruana et al. do, lets in
+    members that help only together. Each member is used at most once; ties go to the earlier index. Select
+    on val, never on the split you report.
     """
     def accuracy(chosen):
         return float(np.mean(np.mean([probs[i] for i in chosen], axis=0).argmax(-1) == labels_N))
 
-    chosen, best = [], -1.0
-    while len(chosen) < len(probs):
-        scores = {i: accuracy(chosen + [i]) for i in range(len(probs)) if i not in chosen}
+    order, accuracies = [], []
+    while len(order) < len(probs):
+        scores = {i: accuracy(order + [i]) for i in range(len(probs)) if i not in order}
         candidate = max(scores, key=lambda i: (scores[i], -i))
-        if scores[candidate] <= best:
-            break
-        chosen.append(candidate)
-        best = scores[candidate]
-    return chosen
+        order.append(candidate)
+        accuracies.append(scores[candidate])
+    return order[:int(np.argmax(accuracies)) + 1]  # argmax: the first, so the smallest of equals

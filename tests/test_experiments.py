@@ -323,13 +323,22 @@ def test_evaluate_with_tta_and_ensembles(trained, small_fer2013, tmp_path):
         evaluate.evaluate_checkpoints([""], small_fer2013)  # not the bundled model
 
 
-def test_greedy_ensemble_adds_members_while_val_accuracy_rises():
+def test_greedy_ensemble_keeps_the_most_accurate_of_its_nested_ensembles():
     labels = np.array([0, 0, 1, 1])
     always_wrong = np.array([[.3, .7], [.3, .7], [.8, .2], [.8, .2]])  # 0/4
     a = np.array([[.9, .1], [.9, .1], [.6, .4], [.2, .8]])  # 3/4, misses face 2
     b = np.array([[.4, .6], [.6, .4], [.1, .9], [.4, .6]])  # 3/4, misses face 0; with a: 4/4
     assert evaluate.greedy_ensemble([always_wrong, a, b], labels) == [1, 2]  # a before b: the tie goes to the first
-    assert evaluate.greedy_ensemble([a, a, always_wrong], labels) == [0]  # a copy adds nothing: stop
+    assert evaluate.greedy_ensemble([a, a, always_wrong], labels) == [0]  # a copy adds nothing: the smaller kept
+
+    def binary(p_first):
+        return np.stack([np.array(p_first), 1 - np.array(p_first)], axis=-1)
+
+    labels = np.array([0, 0, 1, 1, 1])
+    x = binary([.6, .1, .1, .1, .3])  # 4/5
+    y = binary([.6, .8, .6, .6, .8])  # 2/5; with x: 3/5
+    z = binary([.3, .6, .6, .1, .1])  # 3/5; with x: 3/5; with x and y: 5/5
+    assert evaluate.greedy_ensemble([x, y, z], labels) == [0, 1, 2]  # past the step that lowers accuracy
 
 
 def test_evaluate_script_selects_the_ensemble_on_val(trained, tmp_path, fer2013_dir):
