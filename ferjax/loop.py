@@ -342,7 +342,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
     time-to-accuracy curves; nothing is selected on it. time_limit_s (wall-clock seconds from the
     start of this call) ends training before an epoch that would end past it, as long as the last
     one took; the best checkpoint so far is then evaluated and reported as usual, and metrics.json
-    records the epoch training stopped after.
+    records the epoch training stopped after. A resumed run's wall times go on from its last kept
+    epoch's, so they add up the calls that made the run (an interrupted epoch's time is not counted).
 
     Raises:
       ConfigError: a bad value, e.g. a batch larger than the training set.
@@ -371,6 +372,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
           checkpoint.manager(os.path.join(workdir, "checkpoints", "best"), best=True) as best):
         history_path = os.path.join(workdir, "history.csv")
         history = []
+        earlier_calls_s = 0.0  # wall time of the calls this one resumes
         if resume and latest.latest_step() is not None:
             state, changed = checkpoint.resume(latest, parallel.replicate(state, mesh), config)
             if changed:
@@ -378,6 +380,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
             # The --init_from weights were copied in when the run began; the checkpoint holds what became of them.
             init_record = checkpoint.read_meta(latest, latest.latest_step()).get("init_from")
             history = [h for h in _read_history(history_path) if h["step"] <= int(state.step)]
+            earlier_calls_s = history[-1]["wall_time"] if history else 0.0
             log.info("resumed from %s at step %d", latest.directory, int(state.step))
         elif latest.latest_step() is not None:
             raise ConfigError(f"--workdir={workdir}: holds checkpoints already; pass --resume or choose a new workdir")
@@ -425,7 +428,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
             record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_accuracy": train_accuracy,
                       "val_loss": val["loss"], "val_accuracy": val["accuracy"], "learning_rate": learning_rate,
                       "img_per_s": steps_per_epoch * config.batch_size / epoch_seconds,
-                      "wall_time": time.time() - start_time}
+                      "wall_time": earlier_calls_s + time.time() - start_time}
             if track_test:
                 record["test_accuracy"] = evaluate_totals(eval_fn, evaluated, inputs.test, config.eval_batch_size,
                                                           inputs.extras["test"], mesh)["accuracy"]
@@ -467,7 +470,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset: data.FER2013 | 
         **{f"{k}_accuracy_{tta}_tta": results[f"{k}_{tta}"]["accuracy"] for k in final_splits
            for tta in ("flip", "tencrop") if f"{k}_{tta}" in results},
         **{f"{k}_metrics": v for k, v in results.items()},
-        "wall_time_s": time.time() - start_time,
+        "wall_time_s": earlier_calls_s + time.time() - start_time,
         "train_img_per_s": float(np.median([h["img_per_s"] for h in history])) if history else None,
         "device": device_description(),
         "commit": meta["commit"],

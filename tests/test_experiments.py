@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +106,21 @@ def test_resume_continues_at_the_saved_step(trained, small_fer2013, tmp_path):
     assert ["test_accuracy" in h for h in metrics["history"]] == [True, False]  # tracked in the first run only
     state, _ = checkpoint.load(str(resumed_dir / "checkpoints" / "latest"))
     assert int(state.step) == 20
+
+
+def test_resumed_run_counts_the_wall_time_of_the_calls_before_it(trained, small_fer2013, tmp_path):
+    workdir, config, _ = trained
+    shutil.copytree(workdir, tmp_path / "run")
+    # As if the first call had taken 1000 s: the resumed call's times must go on from there.
+    history_path = tmp_path / "run" / "history.csv"
+    history = loop._read_history(str(history_path))
+    loop._write_history(str(history_path), [{**history[0], "wall_time": 1000.0}])
+    call_start = time.time()
+    metrics = loop.train_and_evaluate(configs.tiny_config(**{**config.__dict__, "epochs": 2}), str(tmp_path / "run"),
+                                      dataset=small_fer2013, resume=True)
+    call_s = time.time() - call_start
+    first, second = (h["wall_time"] for h in metrics["history"])
+    assert first == 1000.0 and first < second <= metrics["wall_time_s"] <= first + call_s
 
 
 def test_resume_names_the_flags_that_change_the_state_layout(trained, small_fer2013, tmp_path):
