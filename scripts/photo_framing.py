@@ -103,7 +103,8 @@ def main(argv=None) -> None:
 
     results = {
         "split": args.split, "tta": args.tta, "faces": len(faces), "detected": len(found), "upscale": args.upscale,
-        "model": args.checkpoint or "bundled", "accuracy_fer2013_faces": accuracy(faces.images[found]),
+        "model": args.checkpoint or "bundled", "fingerprint": inference.weights_fingerprint(predictor.state),
+        "accuracy_fer2013_faces": accuracy(faces.images[found]),
         "accuracy_enlarged_faces_resized": {}, "accuracy_detector_crops_resized": {},
         "accuracy_detector_framings": {
             name: float(np.mean(framed_probs[:, [framings.index(f) for f in views]].mean(1).argmax(-1) == labels))

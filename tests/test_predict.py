@@ -200,6 +200,8 @@ def test_photo_framing_scores_detector_crops_with_every_resize_method(tmp_path, 
     photo_framing.main(["--split=val", "--limit=28", f"--output={output}"])
     results = json.loads(output.read_text())
     assert results["faces"] == 28 and 0 < results["detected"] <= 28
+    with open(inference.DEFAULT_MODEL + ".json") as f:  # names the bundled model of the day, not just "bundled"
+        assert results["fingerprint"] == json.load(f)["card"]["fingerprint"]
     for key in ("accuracy_enlarged_faces_resized", "accuracy_detector_crops_resized"):
         assert set(results[key]) == set(photo_framing.RESIZE_METHODS)
         assert all(0 <= accuracy <= 1 for accuracy in results[key].values())
